@@ -99,3 +99,6 @@ def load_dataset(name: str, options: dict[str, Any] | DatasetOptions | None = No
     if opts.train_subset is not None:
         ds.train_x, ds.train_y = ds.train_x[: opts.train_subset], ds.train_y[: opts.train_subset]
     return ds
+
+
+from bench.data import registered  # noqa: E402,F401  (registers mnist, fashion_mnist, digits, toy2d)

@@ -1,0 +1,9 @@
+"""Generative families. Each module registers itself; adding a family is one file plus one import here."""
+from __future__ import annotations
+
+from bench.families.base import FAMILIES, DataSpec, GenerativeModel, Likelihood, register_family
+
+from bench.families import naive_bayes  # noqa: F401,E402  (registers "naive_bayes")
+from bench.families import vae  # noqa: F401,E402  (registers "vae")
+
+__all__ = ["FAMILIES", "DataSpec", "GenerativeModel", "Likelihood", "register_family"]

@@ -1,0 +1,35 @@
+"""Derived outputs of a run: results.json, results.csv (tidy) and index.html."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from bench.store import RunStore, atomic_write_json, atomic_write_text
+
+
+def write_report(run_dir: Path) -> dict[str, Path]:
+    """(Re)write results.json, results.csv and index.html from the run's records."""
+    from bench.report import html, tables
+
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    records = store.records()
+    cfg_path = run_dir / "suite.yaml"
+    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    env_path = run_dir / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    meta = {"suite": config.get("name") or (records[0].suite if records else ""), "run_id": run_dir.name,
+            "config": config, "environment": env}
+    out = {"json": run_dir / "results.json", "csv": run_dir / "results.csv", "html": run_dir / "index.html"}
+    atomic_write_json(out["json"], {**meta, "records": [r.to_dict() for r in records]})
+    atomic_write_text(out["csv"], tables.tidy(records).to_csv(index=False))
+    real = None
+    if config.get("dataset", {}).get("name") == "toy2d":
+        from bench.data import load_dataset
+
+        ds_cfg = dict(config["dataset"])
+        real = load_dataset(ds_cfg.pop("name"), ds_cfg).test_x.numpy()
+    atomic_write_text(out["html"], html.render(run_dir, meta, records, real))
+    return out

@@ -1,0 +1,118 @@
+"""Command line: ``python -m bench {run, validate, list, report, compare}``.
+
+User errors (``BenchError``) print one line to stderr and exit 2; nothing else is
+caught, so a bug still shows its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers like '0 1 2' or '0,1,2', got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Benchmark generative model families side by side.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="train and evaluate every model x seed of a suite, then write the report")
+    r.add_argument("suite", type=Path)
+    r.add_argument("--out", type=Path, help="run directory (default: reports/<suite>/<timestamp>)")
+    r.add_argument("--resume", action="store_true", help="skip finished cells of the latest (or --out) run")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    r.add_argument("--only", action="append", metavar="MODEL", help="run only this model (repeatable)")
+    r.add_argument("--seeds", type=_seeds, help="override the suite's seeds, e.g. '0 1 2'")
+    r.add_argument("--quiet", action="store_true", help="no progress output (CI)")
+    r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json; exit 1 on regression")
+    r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
+
+    v = sub.add_parser("validate", help="check a suite file and print its resolved plan")
+    v.add_argument("suite", type=Path)
+
+    sub.add_parser("list", help="registered families, datasets and metrics")
+
+    rp = sub.add_parser("report", help="re-render results.csv/json and index.html from a run's records")
+    rp.add_argument("run_dir", type=Path)
+
+    c = sub.add_parser("compare", help="regression check: exit 1 if CURRENT is worse than BASELINE")
+    c.add_argument("baseline")
+    c.add_argument("current")
+    c.add_argument("--summary", help="write a JSON summary (and CI-dashboard benchmark files) here")
+    c.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _cmd_list() -> int:
+    import bench.metrics  # noqa: F401  (registers every metric)
+    from bench.data import DATASETS
+    from bench.families import FAMILIES
+    from bench.results import METRICS
+
+    print("families:")
+    for name, fe in FAMILIES.items():
+        print(f"  {name:<16} likelihood={fe.cls.likelihood_kind:<12} {fe.description}")
+    print("datasets:")
+    for name, de in DATASETS.items():
+        print(f"  {name:<16} {de.description}")
+    print("metrics:")
+    for name, m in METRICS.items():
+        arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
+        print(f"  {name:<22} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "list":
+        return _cmd_list()
+    if args.cmd == "report":
+        from bench.report import write_report
+
+        if not (args.run_dir / "records").is_dir():
+            raise BenchError(f"{args.run_dir}: not a run directory (no records/)")
+        out = write_report(args.run_dir)
+        print(f"wrote {out['html']}, {out['csv']}, {out['json']}")
+        return 0
+    if args.cmd == "compare":
+        from bench import compare
+
+        return compare.main(args.baseline, args.current, args.summary, args.quiet)
+
+    import bench.metrics  # noqa: F401
+    from bench.config import load_suite
+    from bench.runner import run_suite
+
+    cfg = load_suite(args.suite)
+    if args.cmd == "validate":
+        run_suite(cfg, args.suite, dry_run=True)
+        print(f"{args.suite}: ok")
+        return 0
+    run_dir = run_suite(cfg, args.suite, out=args.out, reports_root=args.reports_root, resume=args.resume,
+                        only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet)
+    if run_dir is None:
+        return 0
+    print(f"report: {run_dir / 'index.html'}")
+    if args.baseline:
+        from bench import compare
+
+        return compare.main(str(args.baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130

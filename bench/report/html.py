@@ -1,0 +1,166 @@
+"""The self-contained HTML report, derived from the records (never the other way round).
+
+Everything is inlined (CSS, PNGs as data URIs), so ``index.html`` can be mailed or
+attached to a CI run and still show every table and figure.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from bench.report import plots, tables
+from bench.results import METRICS, CellRecord
+
+# The trilemma's three axes and the headline columns of the main table, in order of preference:
+# the first metric present in a run is used.
+QUALITY = ["fid_domain", "fid_inception"]
+COVERAGE = ["recall_domain", "coverage_domain", "classes_covered", "modes_covered", "recall_inception"]
+SPEED = ["samples_per_s"]
+HEADLINE = [
+    "fid_domain", "kid_domain", "precision_domain", "recall_domain", "density_domain", "coverage_domain",
+    "classes_covered", "modes_covered", "high_quality_share", "fid_inception",
+    "samples_per_s", "nfe_per_sample", "train_steps_per_s",
+]
+LIKELIHOOD_ORDER = ["exact", "iwae", "elbo", "vlb", "ode"]
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _arrow(name: str) -> str:
+    if name not in METRICS:
+        return ""
+    hib = METRICS.get(name).higher_is_better
+    return "" if hib is None else (" ↑" if hib else " ↓")
+
+
+def _table_html(df: pd.DataFrame, index: bool = True) -> str:
+    if df.empty:
+        return "<p><em>nothing to show</em></p>"
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            df[c] = df[c].map(tables.fmt)
+    df.columns = [f"{c}{_arrow(str(c))}" for c in df.columns]
+    return df.to_html(index=index, escape=True, border=0, classes="t", na_rep="")
+
+
+def _first_present(summary: pd.DataFrame, names: list[str]) -> str | None:
+    present = set(summary.metric) if not summary.empty else set()
+    return next((n for n in names if n in present), None)
+
+
+def _likelihood_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and estimator: NLL in nats and bits/dim, with its kind spelled out."""
+    rows = []
+    if summary.empty:
+        return pd.DataFrame()
+    for (model, family), g in summary.groupby(["model", "family"], sort=False):
+        for est in LIKELIHOOD_ORDER:
+            nats = g[g.metric == f"nll_nats_{est}"]
+            if nats.empty:
+                continue
+            bpd = g[g.metric == f"nll_bpd_{est}"]
+            kind = nats.iloc[0]["kind"]
+            sign = "=" if kind == "exact" else ("≤" if kind == "lower_bound" else "≈")
+            rows.append({
+                "model": model, "family": family, "estimator": est,
+                "kind": {"exact": "exact", "lower_bound": "bound (NLL ≤ shown)", "estimate": "estimate"}.get(kind, kind),
+                "NLL nats": f"{sign} {tables.fmt(nats.iloc[0]['mean'])}",
+                "NLL bits/dim": f"{sign} {tables.fmt(bpd.iloc[0]['mean'])}" if not bpd.empty else "",
+                "seeds": int(nats.iloc[0]["n"]),
+            })
+    return pd.DataFrame(rows)
+
+
+def _trilemma_points(summary: pd.DataFrame, q: str, c: str | None, s: str | None) -> list[dict[str, Any]]:
+    pts = []
+    for model, g in summary.groupby("model", sort=False):
+        p: dict[str, Any] = {"model": model}
+        for key, name in (("q", q), ("c", c), ("s", s)):
+            hit = g[g.metric == name] if name else g.iloc[0:0]
+            p[key] = None if hit.empty else float(hit.iloc[0]["mean"])
+            p[key + "err"] = None if hit.empty or math.isnan(hit.iloc[0]["std"]) else float(hit.iloc[0]["std"])
+        pts.append(p)
+    return pts
+
+
+def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray | None) -> list[dict[str, str]]:
+    out, seen = [], set()
+    for r in sorted(records, key=lambda r: (r.model, r.seed)):
+        if r.model in seen or "samples" not in r.artifacts:
+            continue
+        p = run_dir / r.artifacts["samples"]
+        if not p.is_file():
+            continue
+        s = np.load(p)["samples"]
+        png = plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real)
+        out.append({"model": r.model, "family": r.family, "seed": str(r.seed), "uri": _data_uri(png)})
+        seen.add(r.model)
+    return out
+
+
+def _quality_curves(records: list[CellRecord]) -> str | None:
+    """Quality over training (stability snapshots), first seed of each model."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    key = None
+    for r in records:
+        snaps = r.curves.get("snapshots") or []
+        if not snaps or r.model in series:
+            continue
+        key = key or next((k for k in ("fid_domain", "modes_covered", "classes_covered") if k in snaps[0]), None)
+        if key and key in snaps[0]:
+            series[r.model] = ([s["step"] for s in snaps], [s[key] for s in snaps])
+    if not series or key is None:
+        return None
+    return _data_uri(plots.curves(series, "training step", key))
+
+
+def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_points: np.ndarray | None = None) -> str:
+    summary = tables.summary(records)
+    present = [n for n in HEADLINE if not summary.empty and n in set(summary.metric)]
+    main = tables.wide(records, present)
+    q, c, s = _first_present(summary, QUALITY), _first_present(summary, COVERAGE), _first_present(summary, SPEED)
+    figs = []
+    if q and s:
+        pts = _trilemma_points(summary, q, c, s)
+        for p in pts:
+            p["xerr"], p["yerr"] = None, p["qerr"]
+        figs.append({"title": f"Quality vs speed ({q}, lower is better, vs {s}; marker size: {c or 'n/a'})",
+                     "uri": _data_uri(plots.trilemma(pts, "s", "q", "c" if c else None, s, q, x_log=True))})
+    if q and c:
+        pts = _trilemma_points(summary, q, c, s)
+        for p in pts:
+            p["xerr"], p["yerr"] = p["cerr"], p["qerr"]
+        figs.append({"title": f"Quality vs coverage ({q} vs {c})",
+                     "uri": _data_uri(plots.trilemma(pts, "c", "q", None, c, q))})
+    curve = _quality_curves(records)
+    if curve:
+        figs.append({"title": "Quality over training (snapshots, first seed)", "uri": curve})
+    full = summary.copy()
+    if not full.empty:
+        full["mean ± std"] = [tables.fmt(m) + ("" if n < 2 or math.isnan(sd) else f" ± {tables.fmt(sd)}")
+                              for m, sd, n in zip(full["mean"], full["std"], full["n"])]
+        full["direction"] = full["higher_is_better"].map({True: "↑", False: "↓"}).fillna("")
+        full = full[["model", "metric", "mean ± std", "n", "unit", "kind", "direction", "group"]]
+    failures = [r for r in records if r.status != "ok"]
+    env = meta.get("environment", {})
+    template = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True
+    ).get_template("report.html.j2")
+    return template.render(
+        meta=meta, env=env, records=records, failures=failures,
+        status=_table_html(tables.status_table(records), index=False),
+        main=_table_html(main), likelihood=_table_html(_likelihood_table(summary), index=False),
+        full=_table_html(full, index=False), figures=figs,
+        samples=_sample_figures(run_dir, records, real_points),
+        trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
+    )

@@ -1,0 +1,82 @@
+"""Figures for the report, as PNG bytes (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def image_grid(samples: np.ndarray, n: int = 64) -> bytes:
+    """uint8 (N, C, H, W) -> a PNG grid of the first ``n`` samples (nearest-neighbour, no smoothing)."""
+    x = samples[:n]
+    k = int(np.ceil(np.sqrt(len(x))))
+    c, h, w = x.shape[1:]
+    grid = np.full((k * (h + 1) + 1, k * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i, img in enumerate(x):
+        r, q = divmod(i, k)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = img.transpose(1, 2, 0)
+    from PIL import Image
+
+    im = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    scale = max(1, 224 // im.width)
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def points_scatter(samples: np.ndarray, real: np.ndarray | None = None, n: int = 2000) -> bytes:
+    """2-D samples (orange) over real data (grey)."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    if real is not None:
+        ax.scatter(real[:n, 0], real[:n, 1], s=2, c="0.7", label="data")
+    ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", label="samples")
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png(fig)
+
+
+def trilemma(points: list[dict], x: str, y: str, size: str | None, xlabel: str, ylabel: str,
+             x_log: bool = False) -> bytes:
+    """One marker per model: ``points`` = [{"model", x, y, size?, xerr?, yerr?}]."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for p in points:
+        if p.get(x) is None or p.get(y) is None:
+            continue
+        s = 40.0
+        if size and p.get(size) is not None:
+            s = 20 + 200 * float(p[size])
+        ax.errorbar(p[x], p[y], xerr=p.get("xerr"), yerr=p.get("yerr"), fmt="none", ecolor="0.6", lw=1)
+        ax.scatter([p[x]], [p[y]], s=s, alpha=0.8)
+        ax.annotate(p["model"], (p[x], p[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if x_log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str) -> bytes:
+    """Line plot of several named (x, y) series, e.g. quality over training per model."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker=".", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    return _png(fig)

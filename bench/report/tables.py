@@ -1,0 +1,93 @@
+"""Records -> pandas tables: the tidy long table (CSV) and per-model summaries."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.results import METRICS, CellRecord
+
+TIDY_COLUMNS = ["suite", "run_id", "model", "family", "seed", "status", "metric", "value", "unit", "kind",
+                "higher_is_better", "group", "params", "note"]
+
+
+def tidy(records: list[CellRecord]) -> pd.DataFrame:
+    """One row per model x seed x metric (also spent budget, as metrics named ``spent_*``)."""
+    rows = []
+    for r in records:
+        base = {"suite": r.suite, "run_id": r.run_id, "model": r.model, "family": r.family, "seed": r.seed,
+                "status": r.status}
+        for m in r.metrics:
+            group = METRICS.get(m.name).group if m.name in METRICS else ""
+            rows.append({**base, "metric": m.name, "value": m.value, "unit": m.unit, "kind": m.kind,
+                         "higher_is_better": m.higher_is_better, "group": group,
+                         "params": _params(m.params), "note": m.note})
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def _params(p: dict) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(p.items()))
+
+
+def summary(records: list[CellRecord]) -> pd.DataFrame:
+    """Per model x metric: mean, std and count over seeds that finished (status ok)."""
+    df = tidy([r for r in records if r.status == "ok"])
+    if df.empty:
+        return pd.DataFrame(columns=["model", "family", "metric", "mean", "std", "n", "unit", "kind", "higher_is_better"])
+    df = df.dropna(subset=["value"])
+    g = df.groupby(["model", "family", "metric"], sort=False)
+    out = g["value"].agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    meta = g[["unit", "kind", "higher_is_better", "group"]].first().reset_index()
+    return out.merge(meta, on=["model", "family", "metric"])
+
+
+def status_table(records: list[CellRecord]) -> pd.DataFrame:
+    """Per model: seeds run, finished, diverged, failed, and budget spent (mean over seeds)."""
+    rows = []
+    by: dict[str, list[CellRecord]] = {}
+    for r in records:
+        by.setdefault(r.model, []).append(r)
+    for model, rs in by.items():
+        spent = [r.spent for r in rs if r.spent]
+        mean = lambda k: (sum(s.get(k, 0) or 0 for s in spent) / len(spent)) if spent else math.nan  # noqa: E731
+        rows.append({
+            "model": model, "family": rs[0].family, "seeds": len(rs),
+            "ok": sum(r.status == "ok" for r in rs), "diverged": sum(r.status == "diverged" for r in rs),
+            "failed": sum(r.status == "failed" for r in rs),
+            "budget": ", ".join(f"{k}={v:g}" for k, v in rs[0].budget.items()),
+            "train_s": mean("seconds"), "steps": mean("steps"), "epochs": mean("epochs"),
+            "params": mean("params"), "eval_s": mean("eval_seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def wide(records: list[CellRecord], metric_names: list[str]) -> pd.DataFrame:
+    """Per model: 'mean ± std' strings for the given metrics (the report's main table)."""
+    s = summary(records)
+    out = {}
+    for (model, family), grp in s.groupby(["model", "family"], sort=False):
+        row = {"family": family}
+        for name in metric_names:
+            hit = grp[grp.metric == name]
+            if hit.empty:
+                row[name] = ""
+                continue
+            mean, std, n = hit.iloc[0][["mean", "std", "n"]]
+            row[name] = fmt(mean) + (f" ± {fmt(std)}" if n > 1 and not math.isnan(std) else "")
+        out[model] = row
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 0.01:
+        return f"{v:.3f}"
+    return f"{v:.2e}"

@@ -1,0 +1,120 @@
+"""Run directories and the results store: atomic per-cell records, loading a run back.
+
+A run directory tells its own story (STYLE.md #6)::
+
+    reports/<suite>/<run-id>/
+      suite.yaml          the resolved config          environment.json  versions, device, git commit
+      records/<cell>.json one per finished cell         logs/<cell>.csv   losses per step
+      samples/<cell>.npz  the evaluated samples (uint8) checkpoints/<cell>.pt
+      results.json  results.csv  index.html            derived from records/, never the other way round
+
+Every file is written to a temporary name and renamed, so a killed run leaves either
+the old file or the new one, never half of one; an interrupted run loses at most the
+cell in flight.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.results import CellRecord
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n")
+
+
+def new_run_dir(base: Path, suite: str) -> Path:
+    """A fresh ``base/<suite>/<YYYYmmdd-HHMMSS>[-N]``; existing directories are never reused."""
+    parent = base / suite
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        d = parent / (stamp if k == 0 else f"{stamp}-{k}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise BenchError(f"could not create a new run directory under {parent}")
+
+
+def latest_run_dir(base: Path, suite: str) -> Path | None:
+    parent = base / suite
+    runs = sorted(p for p in parent.glob("*") if p.is_dir() and (p / "suite.yaml").is_file()) if parent.is_dir() else []
+    return runs[-1] if runs else None
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+
+    @property
+    def records_dir(self) -> Path:
+        return self.dir / "records"
+
+    def path(self, kind: str, cell: str, ext: str) -> Path:
+        """``kind`` in {records, logs, samples, checkpoints}."""
+        return self.dir / kind / f"{cell}.{ext}"
+
+    def has_record(self, cell: str) -> bool:
+        return self.path("records", cell, "json").is_file()
+
+    def write_record(self, rec: CellRecord) -> None:
+        atomic_write_json(self.path("records", rec.cell_id, "json"), rec.to_dict())
+
+    def records(self) -> list[CellRecord]:
+        out = []
+        for p in sorted(self.records_dir.glob("*.json")):
+            try:
+                out.append(CellRecord.from_dict(json.loads(p.read_text())))
+            except (json.JSONDecodeError, TypeError, KeyError) as e:
+                raise BenchError(f"{p}: not a valid cell record ({e}); delete it and rerun with --resume") from None
+        return out
+
+
+def load_results(path: str | Path) -> tuple[dict[str, Any], list[CellRecord]]:
+    """A run directory or a results.json -> (run metadata incl. config, records)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "results.json").is_file():
+            p = p / "results.json"
+        elif (p / "records").is_dir():
+            recs = RunStore(p).records()
+            return {"suite": recs[0].suite if recs else "", "run_id": p.name, "config": {}}, recs
+        else:
+            raise BenchError(f"{p}: not a run directory (no results.json or records/)")
+    if not p.is_file():
+        raise BenchError(f"{p}: no such file or run directory")
+    try:
+        data = json.loads(p.read_text())
+        recs = [CellRecord.from_dict(r) for r in data["records"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BenchError(f"{p}: not a bench results file ({type(e).__name__}: {e})") from None
+    meta = {k: v for k, v in data.items() if k != "records"}
+    return meta, recs
