@@ -114,15 +114,6 @@ class SuiteConfig(_Strict):
     compare: CompareOptions = CompareOptions()  # tolerances for `bench compare`
     models: list[ModelConfig] = Field(min_length=1)  # the families under test
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> SuiteConfig:
-        seen: set[str] = set()
-        for m in self.models:
-            if m.name in seen:
-                raise ValueError(f"model name {m.name!r} appears twice; names must be unique")
-            seen.add(m.name)
-        return self
-
     def seeds_for(self, m: ModelConfig) -> list[int]:
         return m.seeds if m.seeds is not None else self.seeds
 
@@ -172,8 +163,10 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required field is missing"
-    msg = err["msg"]
-    return msg.removeprefix("Value error, ")
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), (str, int, float, bool)) and err["type"] not in ("value_error",):
+        msg += f" (got {err['input']!r})"
+    return msg
 
 
 def _raise_from(e: ValidationError, source: str, lines: dict[tuple, int], prefix: tuple = (), fields: str = "") -> None:
@@ -245,7 +238,11 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         dentry.options(**cfg.dataset.options)
     except ValidationError as e:
         _raise_from(e, source, lines, ("dataset",), ", ".join(dentry.options.model_fields))
+    seen: set[str] = set()
     for i, m in enumerate(cfg.models):
+        if m.name in seen:
+            fail(("models", i, "name"), f"model name {m.name!r} appears twice; names must be unique")
+        seen.add(m.name)
         if m.family not in FAMILIES:
             fail(("models", i, "family"), f"unknown family {m.family!r}; choose one of: {', '.join(FAMILIES.names())}")
         cls = FAMILIES.get(m.family).cls

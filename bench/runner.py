@@ -137,6 +137,12 @@ def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.de
     if ck["family"] != m.family:
         raise BenchError(f"{path}: checkpoint is family {ck['family']!r}, the suite says {m.family!r}")
     cls = FAMILIES.get(m.family).cls
+    if m.options and cls.Options(**m.options).model_dump() != ck["options"]:
+        raise BenchError(f"{path}: checkpoint does not match the model: it was trained with options {ck['options']}, "
+                         f"the suite says {m.options}; drop options: or make them match")
+    if tuple(ck["spec"]["shape"]) != tuple(spec.shape) or ck["spec"]["num_classes"] != spec.num_classes:
+        raise BenchError(f"{path}: checkpoint does not match the model: trained on data of shape {ck['spec']['shape']}, "
+                         f"this suite's dataset has shape {list(spec.shape)}")
     model = cls(spec, cls.Options(**ck["options"])).to(device)
     try:
         model.load_state_dict(ck["state_dict"])

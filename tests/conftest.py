@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny suites that train in seconds, and a CLI runner through a real subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a real subprocess; returns the completed process (never raises on exit status)."""
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    """Write a YAML suite (dedented) into tmp_path and return its path."""
+
+    def _write(text: str, name: str = "suite.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text).lstrip())
+        return p
+
+    return _write
+
+
+TINY = """
+name: tiny
+dataset: digits
+seeds: [0, 1]
+budget: {steps: 30}
+batch_size: 64
+eval: {metrics: [likelihood, speed], n_samples: 64, likelihood_examples: 64, speed: {batch_size: 64, repeats: 2}}
+models:
+  - {name: nb, family: naive_bayes}
+  - {name: vae, family: vae, options: {iwae_k: 4, width: 8, latent_dim: 4}}
+"""
