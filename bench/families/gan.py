@@ -1,0 +1,288 @@
+"""Generative adversarial networks: a DCGAN-style generator G and discriminator/critic D.
+
+G maps noise ``z ~ N(0, I)`` (plus a one-hot label when conditional) to a sample in one
+network evaluation; D scores samples. Five losses, selectable per model:
+
+* ``minimax``: the original saturating game, Goodfellow et al. 2014, Eq. 1:
+  D maximises ``log D(x) + log(1 - D(G(z)))``, G minimises ``log(1 - D(G(z)))``.
+* ``nonsaturating``: the same D, but G maximises ``log D(G(z))`` (Goodfellow 2014, Sec. 3),
+  which keeps G's gradient alive when D wins.
+* ``wgan``: a critic estimating the Wasserstein-1 distance, Lipschitz by weight clipping,
+  RMSProp, 5 critic steps per G step (Arjovsky et al. 2017, Algorithm 1).
+* ``wgan_gp``: the critic's Lipschitz constraint as a gradient penalty on random
+  interpolates, weight 10, Adam(1e-4, 0, 0.9), 5 critic steps (Gulrajani et al. 2017, Algorithm 1).
+* ``hinge``: D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``
+  (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17), with spectral normalisation in D by default
+  (Miyato et al. 2018).
+
+Options left unset get the defaults of the paper that introduced the loss (see
+``GANOptions._resolve``). Minibatch standard deviation in D (Karras et al. 2018, Sec. 3) is the
+classic remedy for mode collapse; spectral normalisation (Miyato et al. 2018) can be switched
+on for any loss. Nets: images use the shared ``ConvDecoder``/``ConvEncoder`` (28 -> 14 -> 7,
+8 -> 4; stride-2 (transposed) convolutions, no pooling, batch norm and ReLU in G, LeakyReLU(0.2)
+and no normalisation in D because the gradient penalty is per example, Gulrajani 2017 Sec. 4);
+points (toy2d) use MLPs. Images are trained in ``[-1, 1]`` with a tanh output (Radford et al. 2016).
+
+The harness's step is one G step with its ``d_steps`` D steps. The D steps of one harness
+step share the real batch and draw fresh noise each time (the trainer hands one batch per step).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, register_family
+from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+
+Loss = Literal["minimax", "nonsaturating", "wgan", "wgan_gp", "hinge"]
+
+# Paper defaults per loss: d_steps, optimizer, lr (G and D), Adam betas, spectral norm in D.
+_DEFAULTS: dict[str, dict] = {
+    # Radford et al. 2016 (DCGAN): Adam(2e-4, beta1=0.5); one D step (Goodfellow 2014 uses k=1).
+    "minimax": dict(d_steps=1, optimizer="adam", lr=2e-4, betas=(0.5, 0.999), spectral_norm=False),
+    "nonsaturating": dict(d_steps=1, optimizer="adam", lr=2e-4, betas=(0.5, 0.999), spectral_norm=False),
+    # Arjovsky et al. 2017, Algorithm 1: RMSProp(5e-5), n_critic=5, clip c=0.01.
+    "wgan": dict(d_steps=5, optimizer="rmsprop", lr=5e-5, betas=(0.5, 0.999), spectral_norm=False),
+    # Gulrajani et al. 2017, Algorithm 1: Adam(1e-4, 0, 0.9), n_critic=5, lambda=10.
+    "wgan_gp": dict(d_steps=5, optimizer="adam", lr=1e-4, betas=(0.0, 0.9), spectral_norm=False),
+    # Miyato et al. 2018, Table 1 setting C (the one where SN is strong with n_dis=1): Adam(2e-4, 0.5, 0.999).
+    "hinge": dict(d_steps=1, optimizer="adam", lr=2e-4, betas=(0.5, 0.999), spectral_norm=True),
+}
+
+
+class GANOptions(FamilyOptions):
+    loss: Loss = "nonsaturating"  # the adversarial game (module docstring); unset options follow its paper
+    d_steps: int | None = Field(None, ge=1)  # D steps per G step; default 5 for wgan/wgan_gp, else 1
+    conditional: bool = False  # feed the class label to G and D (one-hot); sampling draws labels from the data
+    minibatch_std: bool = False  # append the minibatch std feature map to D's last features (Karras 2018)
+    spectral_norm: bool | None = None  # spectral normalisation of D's weights; default on for hinge only
+    z_dim: int = Field(64, ge=1)  # noise dimension
+    width: int | None = Field(None, ge=1)  # images: channels of the first conv (x2 per downsampling), default 32;
+    #                                        points: hidden units of the MLPs, default 128
+    optimizer: Literal["adam", "rmsprop"] | None = None  # default rmsprop for wgan, else adam
+    lr_g: float | None = Field(None, gt=0)  # G learning rate; default per loss (2e-4, wgan 5e-5, wgan_gp 1e-4)
+    lr_d: float | None = Field(None, gt=0)  # D learning rate; same defaults as lr_g
+    betas: tuple[float, float] | None = None  # Adam betas; default (0.5, 0.999), wgan_gp (0.0, 0.9)
+    clip: float | None = Field(None, gt=0)  # wgan only: clip D's weights to [-clip, clip]; default 0.01
+    gp_weight: float | None = Field(None, gt=0)  # wgan_gp only: gradient-penalty weight lambda; default 10
+
+    @model_validator(mode="after")
+    def _resolve(self) -> GANOptions:
+        """Fill unset options with the loss's paper defaults; reject options the loss ignores."""
+        if self.clip is not None and self.loss != "wgan":
+            raise ValueError(f"clip applies to loss 'wgan' only (loss is {self.loss!r}); remove clip")
+        if self.gp_weight is not None and self.loss != "wgan_gp":
+            raise ValueError(f"gp_weight applies to loss 'wgan_gp' only (loss is {self.loss!r}); remove gp_weight")
+        if self.betas is not None and not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas {self.betas} must lie in [0, 1)")
+        d = _DEFAULTS[self.loss]
+        self.d_steps = self.d_steps or d["d_steps"]
+        self.optimizer = self.optimizer or d["optimizer"]
+        self.lr_g = self.lr_g or d["lr"]
+        self.lr_d = self.lr_d or d["lr"]
+        self.betas = self.betas or d["betas"]
+        self.spectral_norm = d["spectral_norm"] if self.spectral_norm is None else self.spectral_norm
+        if self.loss == "wgan":
+            self.clip = self.clip or 0.01
+        if self.loss == "wgan_gp":
+            self.gp_weight = self.gp_weight or 10.0
+        return self
+
+
+class LeakyReLU02(nn.LeakyReLU):
+    """LeakyReLU with slope 0.2 (Radford et al. 2016), as a class the shared nets can instantiate."""
+
+    def __init__(self) -> None:
+        super().__init__(0.2)
+
+
+def minibatch_std(h: torch.Tensor) -> torch.Tensor:
+    """Karras et al. 2018, Sec. 3: append one constant feature, the batch std averaged over features.
+
+    (B, C, H, W) -> (B, C+1, H, W) or (B, F) -> (B, F+1). A batch of near-identical samples (mode
+    collapse) has a std near 0 that real batches do not, so D can tell them apart.
+    """
+    s = h.float().var(dim=0, unbiased=False).add(1e-8).sqrt().mean()  # scalar: std over the batch, averaged
+    extra = s.to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])  # (B, 1, ...) replicated
+    return torch.cat([h, extra], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Features -> [minibatch std] -> linear score; label as extra one-hot input when conditional."""
+
+    def __init__(self, spec: DataSpec, width: int, n_cond: int, mbstd: bool):
+        super().__init__()
+        self.kind, self.n_cond, self.mbstd = spec.kind, n_cond, mbstd
+        if spec.kind == "image":
+            enc = ConvEncoder(spec.shape, 1, width=width, norm="none", act=LeakyReLU02, extra_in_channels=n_cond)
+            self.body = enc.features  # (B, C', h, w); the encoder's own head is replaced below
+            _, h, w = spec.shape
+            with torch.no_grad():
+                c, h, w = self.body(torch.zeros(1, spec.shape[0] + n_cond, h, w)).shape[1:]
+            head_in = (c + (1 if mbstd else 0)) * h * w
+        else:
+            self.body = nn.Sequential(mlp(spec.dim + n_cond, width, hidden=width, depth=3, act=LeakyReLU02), LeakyReLU02())
+            head_in = width + (1 if mbstd else 0)
+        self.head = nn.Linear(head_in, 1)
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        if onehot is not None:
+            if self.kind == "image":  # (B, K) -> (B, K, H, W) constant label planes
+                onehot = onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            x = torch.cat([x, onehot], dim=1)
+        h = self.body(x)
+        if self.mbstd:
+            h = minibatch_std(h)
+        return self.head(h.flatten(1)).squeeze(1)  # (B,) logits / critic scores
+
+
+class Generator(nn.Module):
+    """(z, one-hot label) -> sample: conv decoder with batch norm + tanh for images, MLP for points."""
+
+    def __init__(self, spec: DataSpec, z_dim: int, width: int, n_cond: int):
+        super().__init__()
+        self.kind = spec.kind
+        if spec.kind == "image":
+            self.net = ConvDecoder(z_dim + n_cond, spec.shape, width=width, norm="batch", act=nn.ReLU)
+        else:
+            self.net = mlp(z_dim + n_cond, spec.dim, hidden=width, depth=4, act=nn.ReLU)
+
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        h = z if onehot is None else torch.cat([z, onehot], dim=1)
+        out = self.net(h)
+        return torch.tanh(out) if self.kind == "image" else out  # images in [-1, 1]
+
+
+class GAN(GenerativeModel):
+    """GAN (DCGAN nets; minimax, non-saturating, WGAN, WGAN-GP or hinge loss); no likelihood."""
+
+    family = "gan"
+    Options = GANOptions
+    likelihood_kind = "none"
+    conditional_capable = True
+
+    def __init__(self, spec: DataSpec, options: GANOptions):
+        width = options.width or (32 if spec.kind == "image" else 128)
+        options = options.model_copy(update={"width": width})  # record the width actually used
+        super().__init__(spec, options)
+        o = options
+        n_cond = spec.num_classes if o.conditional else 0
+        self.G = Generator(spec, o.z_dim, width, n_cond)
+        self.D = Discriminator(spec, width, n_cond, o.minibatch_std)
+        if o.spectral_norm:
+            for m in self.D.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
+        if o.optimizer == "adam":
+            self.optimizers = {
+                "g": torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=o.betas),
+                "d": torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=o.betas),
+            }
+        else:
+            self.optimizers = {
+                "g": torch.optim.RMSprop(self.G.parameters(), lr=o.lr_g),
+                "d": torch.optim.RMSprop(self.D.parameters(), lr=o.lr_d),
+            }
+
+    # ------------------------------------------------------------------ helpers
+    def _onehot(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.options.conditional:
+            return None
+        return F.one_hot(y, self.spec.num_classes).float()  # (B, K)
+
+    def _noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.options.z_dim, generator=generator, device=generator.device)  # (n, z_dim)
+
+    def _d_loss(self, s_real: torch.Tensor, s_fake: torch.Tensor) -> torch.Tensor:
+        loss = self.options.loss
+        if loss in ("minimax", "nonsaturating"):
+            # -[log sigmoid(s_r) + log(1 - sigmoid(s_f))] (Goodfellow 2014, Eq. 1), via softplus for stability
+            return F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
+        if loss == "hinge":
+            return F.relu(1 - s_real).mean() + F.relu(1 + s_fake).mean()  # Miyato 2018, Eq. 16
+        return s_fake.mean() - s_real.mean()  # wgan, wgan_gp: -(W estimate) (Arjovsky 2017, Eq. 3)
+
+    def _g_loss(self, s_fake: torch.Tensor) -> torch.Tensor:
+        loss = self.options.loss
+        if loss == "minimax":
+            return -F.softplus(s_fake).mean()  # log(1 - sigmoid(s_f)): saturates when D wins
+        if loss == "nonsaturating":
+            return F.softplus(-s_fake).mean()  # -log sigmoid(s_f)
+        return -s_fake.mean()  # wgan, wgan_gp, hinge (Miyato 2018, Eq. 17)
+
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        """Gulrajani 2017, Eq. 3: E[(||grad_xhat D(xhat)||_2 - 1)^2] on random interpolates xhat."""
+        eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=self.gen, device=real.device)
+        xhat = (eps * real + (1 - eps) * fake).requires_grad_(True)  # (B, ...)
+        (grad,) = torch.autograd.grad(self.D(xhat, onehot).sum(), xhat, create_graph=True)
+        return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+    def _accuracy(self, s_real: torch.Tensor, s_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Share of real scored 'real' and of fake scored 'fake'.
+
+        Logistic and hinge D: the threshold is 0 (D(x) = 1/2, resp. the hinge's centre). A WGAN
+        critic's scores have an arbitrary offset, so the threshold is the mean score of the joint
+        batch (real and fake have the same size).
+        """
+        t = torch.cat([s_real, s_fake]).mean() if self.options.loss in ("wgan", "wgan_gp") else 0.0
+        return (s_real > t).float().mean(), (s_fake < t).float().mean()
+
+    # ------------------------------------------------------------------ the contract
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        o = self.options
+        real = x * 2 - 1 if self.spec.kind == "image" else x  # images to [-1, 1], G's tanh range
+        onehot = self._onehot(y)  # fakes get the batch's labels, so both sides see the same classes
+        b = real.shape[0]
+        self.D.requires_grad_(True)
+        for _ in range(o.d_steps):
+            with torch.no_grad():
+                fake = self.G(self._noise(b, self.gen), onehot)
+            s_real, s_fake = self.D(real, onehot), self.D(fake, onehot)  # (B,), (B,)
+            loss_d = self._d_loss(s_real, s_fake)
+            if o.loss == "wgan_gp":
+                gp = self._gradient_penalty(real, fake, onehot)
+                loss_d = loss_d + o.gp_weight * gp
+            self.optimizers["d"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.optimizers["d"].step()
+            if o.loss == "wgan":  # Arjovsky 2017, Algorithm 1, line 7
+                with torch.no_grad():
+                    for p in self.D.parameters():
+                        p.clamp_(-o.clip, o.clip)
+        self.D.requires_grad_(False)  # G step: gradients flow through D to G only
+        s_gen = self.D(self.G(self._noise(b, self.gen), onehot), onehot)
+        loss_g = self._g_loss(s_gen)
+        self.optimizers["g"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.optimizers["g"].step()
+        self.D.requires_grad_(True)
+        acc_real, acc_fake = self._accuracy(s_real.detach(), s_fake.detach())
+        out = {
+            "loss_d": loss_d.detach(),  # watched by the divergence guard
+            "loss_g": loss_g.detach(),
+            "d_acc_real": acc_real,
+            "d_acc_fake": acc_fake,
+            "score_gap": (s_real.mean() - s_fake.mean()).detach(),  # critics: the Wasserstein estimate
+        }
+        if o.loss == "wgan_gp":
+            out["gp"] = gp.detach()
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.options.conditional and y is None:
+            y = self.sample_labels(n, generator)
+        out = []
+        for i in range(0, n, 1000):  # chunks keep the decoder's activations small
+            m = min(1000, n - i)
+            onehot = self._onehot(None if y is None else y[i : i + m].to(self.device))
+            out.append(self.G(self._noise(m, generator).to(self.device), onehot))
+        s = torch.cat(out)
+        return (s + 1) / 2 if self.spec.kind == "image" else s  # images back to [0, 1]
+
+
+register_family("gan", GAN)
