@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from bench.errors import BenchError
 from bench.registry import Registry
 
 
@@ -93,8 +94,15 @@ def cache_dir() -> Path:
 
 def load_dataset(name: str, options: dict[str, Any] | DatasetOptions | None = None) -> Dataset:
     """Load a registered dataset by name with validated options."""
+    from pydantic import ValidationError
+
     entry = DATASETS.get(name)
-    opts = options if isinstance(options, DatasetOptions) else entry.options(**(options or {}))
+    try:
+        opts = options if isinstance(options, DatasetOptions) else entry.options(**(options or {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise BenchError(f"dataset {name}: {field}: {err['msg']}") from None
     ds = entry.loader(opts, cache_dir())
     if opts.train_subset is not None:
         ds.train_x, ds.train_y = ds.train_x[: opts.train_subset], ds.train_y[: opts.train_subset]

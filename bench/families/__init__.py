@@ -5,5 +5,6 @@ from bench.families.base import FAMILIES, DataSpec, GenerativeModel, Likelihood,
 
 from bench.families import naive_bayes  # noqa: F401,E402  (registers "naive_bayes")
 from bench.families import vae  # noqa: F401,E402  (registers "vae")
+from bench.families import gan  # noqa: F401,E402  (registers "gan")
 
 __all__ = ["FAMILIES", "DataSpec", "GenerativeModel", "Likelihood", "register_family"]
