@@ -116,3 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench list | head`
+        sys.stderr.close()
+        return 0
