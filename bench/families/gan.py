@@ -18,10 +18,11 @@ network evaluation; D scores samples. Five losses, selectable per model:
 Options left unset get the defaults of the paper that introduced the loss (see
 ``GANOptions._resolve``). Minibatch standard deviation in D (Karras et al. 2018, Sec. 3) is the
 classic remedy for mode collapse; spectral normalisation (Miyato et al. 2018) can be switched
-on for any loss. Nets: images use the shared ``ConvDecoder``/``ConvEncoder`` (28 -> 14 -> 7,
-8 -> 4; stride-2 (transposed) convolutions, no pooling, batch norm and ReLU in G, LeakyReLU(0.2)
-and no normalisation in D because the gradient penalty is per example, Gulrajani 2017 Sec. 4);
-points (toy2d) use MLPs. Images are trained in ``[-1, 1]`` with a tanh output (Radford et al. 2016).
+on for any loss. Nets: images use DCGAN nets (Radford et al. 2016) in the MNIST layout of InfoGAN
+(Chen et al. 2016, App. C): stride-2 4x4 (transposed) convolutions, no pooling, 28 -> 14 -> 7 and
+8 -> 4; batch norm and ReLU in G, tanh output (images are trained in ``[-1, 1]``); LeakyReLU(0.2)
+and no normalisation in D, because the gradient penalty is per example (Gulrajani 2017, Sec. 4).
+Points (toy2d) use MLPs.
 
 The harness's step is one G step with its ``d_steps`` D steps. The D steps of one harness
 step share the real batch and draw fresh noise each time (the trainer hands one batch per step).
@@ -36,7 +37,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, register_family
-from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+from bench.families.nets import downsample_plan, mlp
 
 Loss = Literal["minimax", "nonsaturating", "wgan", "wgan_gp", "hinge"]
 
@@ -61,8 +62,8 @@ class GANOptions(FamilyOptions):
     minibatch_std: bool = False  # append the minibatch std feature map to D's last features (Karras 2018)
     spectral_norm: bool | None = None  # spectral normalisation of D's weights; default on for hinge only
     z_dim: int = Field(64, ge=1)  # noise dimension
-    width: int | None = Field(None, ge=1)  # images: channels of the first conv (x2 per downsampling), default 32;
-    #                                        points: hidden units of the MLPs, default 128
+    width: int | None = Field(None, ge=1)  # images: channels at the finest hidden resolution (x2 per halving),
+    #                                        default 32 (InfoGAN's 64 halved for 2-core CPUs); points: MLP hidden units, 128
     optimizer: Literal["adam", "rmsprop"] | None = None  # default rmsprop for wgan, else adam
     lr_g: float | None = Field(None, gt=0)  # G learning rate; default per loss (2e-4, wgan 5e-5, wgan_gp 1e-4)
     lr_d: float | None = Field(None, gt=0)  # D learning rate; same defaults as lr_g
@@ -111,22 +112,68 @@ def minibatch_std(h: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, extra], dim=1)
 
 
+def dcgan_discriminator_body(shape: tuple[int, ...], width: int, extra_in: int) -> tuple[nn.Sequential, int, int]:
+    """DCGAN D (Radford 2016; the MNIST layout of Chen et al. 2016, InfoGAN, App. C): stride-2 4x4 convs
+    straight from the image, channels ``width * 2**i`` at the i-th halving, LeakyReLU(0.2), no pooling.
+
+    28x28: (C, 28, 28) -> (w, 14, 14) -> (2w, 7, 7); 8x8: (C, 8, 8) -> (w, 4, 4). Returns the body,
+    its output channels and side. No normalisation (the gradient penalty is per example, Gulrajani Sec. 4).
+    """
+    c, h, _ = shape
+    layers: list[nn.Module] = []
+    ch_in = c + extra_in
+    sizes = downsample_plan(h)
+    for i, _ in enumerate(sizes):
+        ch = width * 2**i
+        layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), LeakyReLU02()]
+        ch_in = ch
+    return nn.Sequential(*layers), ch_in, sizes[-1] if sizes else h
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN G (Radford 2016; InfoGAN's MNIST G): project z to the coarsest map, then stride-2 4x4
+    transposed convs halving channels, batch norm + ReLU between, the last one emitting the image.
+
+    28x28: z -> (2w, 7, 7) -> (w, 14, 14) -> (C, 28, 28); 8x8: z -> (w, 4, 4) -> (C, 8, 8).
+    """
+
+    def __init__(self, in_dim: int, shape: tuple[int, ...], width: int):
+        super().__init__()
+        c, h, _ = shape
+        sizes = downsample_plan(h)  # [14, 7] for 28
+        ch = width * 2 ** max(len(sizes) - 1, 0)
+        self.base = (ch, sizes[-1] if sizes else h)
+        self.fc = nn.Linear(in_dim, ch * self.base[1] ** 2)
+        layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.ReLU()]
+        for i in range(len(sizes)):
+            last = i == len(sizes) - 1
+            out = c if last else ch // 2
+            layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1))
+            if not last:
+                layers += [nn.BatchNorm2d(out), nn.ReLU()]
+            ch = out
+        if not sizes:  # odd side: no upsampling, one conv to the image channels
+            layers.append(nn.Conv2d(ch, c, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        ch, s = self.base
+        return self.net(self.fc(h).view(-1, ch, s, s))  # (B, C, H, W) pre-tanh
+
+
 class Discriminator(nn.Module):
     """Features -> [minibatch std] -> linear score; label as extra one-hot input when conditional."""
 
     def __init__(self, spec: DataSpec, width: int, n_cond: int, mbstd: bool):
         super().__init__()
         self.kind, self.n_cond, self.mbstd = spec.kind, n_cond, mbstd
+        extra = 1 if mbstd else 0
         if spec.kind == "image":
-            enc = ConvEncoder(spec.shape, 1, width=width, norm="none", act=LeakyReLU02, extra_in_channels=n_cond)
-            self.body = enc.features  # (B, C', h, w); the encoder's own head is replaced below
-            _, h, w = spec.shape
-            with torch.no_grad():
-                c, h, w = self.body(torch.zeros(1, spec.shape[0] + n_cond, h, w)).shape[1:]
-            head_in = (c + (1 if mbstd else 0)) * h * w
+            self.body, c, s = dcgan_discriminator_body(spec.shape, width, n_cond)  # (B, c, s, s)
+            head_in = (c + extra) * s * s
         else:
             self.body = nn.Sequential(mlp(spec.dim + n_cond, width, hidden=width, depth=3, act=LeakyReLU02), LeakyReLU02())
-            head_in = width + (1 if mbstd else 0)
+            head_in = width + extra
         self.head = nn.Linear(head_in, 1)
 
     def forward(self, x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
@@ -141,13 +188,13 @@ class Discriminator(nn.Module):
 
 
 class Generator(nn.Module):
-    """(z, one-hot label) -> sample: conv decoder with batch norm + tanh for images, MLP for points."""
+    """(z, one-hot label) -> sample: DCGAN G with tanh for images, MLP for points."""
 
     def __init__(self, spec: DataSpec, z_dim: int, width: int, n_cond: int):
         super().__init__()
         self.kind = spec.kind
         if spec.kind == "image":
-            self.net = ConvDecoder(z_dim + n_cond, spec.shape, width=width, norm="batch", act=nn.ReLU)
+            self.net = DCGANGenerator(z_dim + n_cond, spec.shape, width)
         else:
             self.net = mlp(z_dim + n_cond, spec.dim, hidden=width, depth=4, act=nn.ReLU)
 
