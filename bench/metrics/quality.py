@@ -1,0 +1,237 @@
+"""Sample quality and diversity: FID, KID, precision/recall, density/coverage, class and mode coverage.
+
+``evaluate_quality`` is the evaluator's entry point. Per requested feature space it extracts
+the samples' features once (``bench.metrics.features.extract``), reads the real test-split
+reference features from the disk cache, and computes every requested metric from those two
+feature sets: FID, KID and precision/recall with torch-fidelity's own functions (the same
+code ``torch_fidelity.calculate_metrics`` runs after its own feature pass), density/coverage
+and class/mode coverage with ``bench.metrics.coverage``. Metric names carry their feature
+space (``fid_domain``, ``fid_inception``); every metric's ``params`` record the sample counts.
+
+``quick_quality`` is the cheap snapshot for quality-over-training curves.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+from bench.data import Dataset
+from bench.errors import BenchError
+from bench.metrics import coverage
+from bench.metrics.features import Extractor, domain_extractor, extract, inception_extractor, reference_features, update_reference
+from bench.metrics.inception import UNAVAILABLE_IS
+from bench.results import Metric, metric, register_metric
+
+FeatureSpace = Literal["domain", "inception"]
+QualityMetric = Literal["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
+ALL_METRICS: list[QualityMetric] = ["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
+
+_SPACE_TEXT = {"domain": "the domain classifier's feature space", "inception": "the standard FID Inception-v3 pool3 space"}
+for _space, _text in _SPACE_TEXT.items():
+    register_metric(f"fid_{_space}", unit="", higher_is_better=False, group="quality",
+                    description=f"Fréchet distance (Heusel et al. 2017) between Gaussian fits in {_text}")
+    register_metric(f"kid_{_space}", unit="", higher_is_better=False, group="quality",
+                    description=f"Kernel Inception Distance (Bińkowski et al. 2018, cubic kernel, mean over subsets) in {_text}")
+    register_metric(f"kid_{_space}_std", unit="", higher_is_better=None, group="quality",
+                    description=f"Standard deviation of KID over its subsets in {_text}")
+    register_metric(f"precision_{_space}", unit="", higher_is_better=True, group="quality",
+                    description=f"Improved precision (Kynkäänniemi et al. 2019, k=3): share of samples inside the real manifold, {_text}")
+    register_metric(f"recall_{_space}", unit="", higher_is_better=True, group="quality",
+                    description=f"Improved recall (Kynkäänniemi et al. 2019, k=3): share of real data inside the sample manifold, {_text}")
+register_metric("inception_score", unit="", higher_is_better=True, group="quality",
+                description="Inception Score (Salimans et al. 2016); unavailable with the offline FID weights (no logits)")
+
+
+class QualityOptions(BaseModel):
+    """Sample-quality evaluation options (the suite's ``eval.quality``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature_spaces: list[FeatureSpace] = ["domain"]  # "inception" is ~7 img/s on a 2-core CPU: GPU suites
+    metrics: list[QualityMetric] = list(ALL_METRICS)  # class_coverage means mode coverage on toy2d
+    n_reference: int = Field(10_000, ge=2)  # real test-split images used as reference (capped at the split size)
+    kid_subsets: int = Field(100, ge=1)  # KID: number of random subsets (Bińkowski et al.)
+    kid_subset_size: int = Field(1000, ge=2)  # KID: subset size (capped at the smaller sample count; params say so)
+    pr_k: int = Field(3, ge=1)  # precision/recall neighbourhood (Kynkäänniemi et al. 2019)
+    dc_k: int = Field(5, ge=1)  # density/coverage neighbourhood (Naeem et al. 2020)
+    batch_size: int = Field(500, ge=1)  # images per forward pass of the domain net
+    inception_batch_size: int = Field(50, ge=1)  # Inception at 299x299 needs far more memory per image
+    inception_max_samples: int | None = Field(None, ge=2)  # Inception space: first N samples and N references only
+    class_min_share: float = Field(coverage.MIN_SHARE, gt=0, le=1)  # covered = >= this share of the expected count
+    classifier_score_splits: int = Field(10, ge=1)  # splits of the Inception-Score formula
+    domain_min_accuracy: float | None = Field(None, gt=0, le=1)  # domain net test-accuracy floor (None: per dataset)
+    seed: int = 2020  # KID subset draws and classifier-score splits (torch-fidelity's default rng_seed)
+
+    @field_validator("feature_spaces", "metrics")
+    @classmethod
+    def _unique_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one entry")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics from one pair of feature sets
+
+
+def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
+    """torch-fidelity's {mu, sigma} of the reference, computed once and cached as tensors (weights_only loads)."""
+    if "fid_mu" not in ref:
+        stats = fid_features_to_statistics(ref["features"])
+        update_reference(ref, fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
+    return {"mu": ref["fid_mu"].numpy(), "sigma": ref["fid_sigma"].numpy()}
+
+
+def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
+    key = f"knn_radii_k{k}"
+    if key not in ref:
+        update_reference(ref, **{key: coverage.knn_radii(ref["features"], k)})
+    return ref[key]
+
+
+def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
+    """FID with torch-fidelity's statistics and distance (generated first, as torch-fidelity's input1)."""
+    return fid_statistics_to_metric(fid_features_to_statistics(gen), _fid_stats(ref), verbose=False)[KEY_METRIC_FID]
+
+
+def feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
+    """Every requested feature-based metric of generated features ``gen`` (N, F) vs the cached reference."""
+    real = ref["features"]  # (M, F)
+    n, m = len(gen), len(real)
+    base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
+    out: list[Metric] = []
+    if "fid" in opts.metrics:
+        out.append(metric(f"fid_{space}", fid_from_features(gen, ref), **base))
+    if "kid" in opts.metrics:
+        size = min(opts.kid_subset_size, n, m)
+        note = f"kid_subset_size capped at {size} (samples: {n}, reference: {m})" if size < opts.kid_subset_size else ""
+        kid = kid_features_to_metric(gen, real, kid_subsets=opts.kid_subsets, kid_subset_size=size,
+                                     rng_seed=opts.seed, verbose=False)
+        p = {**base, "kid_subsets": opts.kid_subsets, "kid_subset_size": size, "seed": opts.seed}
+        out.append(metric(f"kid_{space}", kid[KEY_METRIC_KID_MEAN], note=note, **p))
+        out.append(metric(f"kid_{space}_std", kid[KEY_METRIC_KID_STD], note=note, **p))
+    if "precision_recall" in opts.metrics:
+        prc = prc_features_to_metric(gen, real, prc_neighborhood=opts.pr_k, prc_batch_size=10_000,
+                                     save_cpu_ram=False, verbose=False)
+        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], k=opts.pr_k, **base))
+        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], k=opts.pr_k, **base))
+    if "density_coverage" in opts.metrics:
+        density, cov = coverage.density_coverage(real, gen, k=opts.dc_k, radii=_radii(ref, opts.dc_k))
+        out.append(metric(f"density_{space}", density, k=opts.dc_k, **base))
+        out.append(metric(f"coverage_{space}", cov, k=opts.dc_k, **base))
+    return out
+
+
+def class_metrics(logits: torch.Tensor, ds: Dataset, opts: QualityOptions, ext_key: str) -> list[Metric]:
+    """Class coverage, class KL and classifier score from the domain classifier's logits (N, K)."""
+    freq = ds.class_frequencies()
+    cc = coverage.class_coverage(logits, freq, opts.class_min_share)
+    p = {"n_samples": len(logits), "extractor": ext_key, "num_classes": ds.num_classes}
+    splits = min(opts.classifier_score_splits, len(logits))
+    return [
+        metric("classes_covered", cc["classes_covered"], min_share=opts.class_min_share, **p),
+        metric("class_kl", cc["class_kl"], reference="train class frequencies", **p),
+        metric("classifier_score", coverage.classifier_score(logits, splits, opts.seed), splits=splits, **p),
+    ]
+
+
+def mode_metrics(points: torch.Tensor, ds: Dataset, opts: QualityOptions) -> list[Metric]:
+    """toy2d mode coverage from the known mixture."""
+    if ds.mixture is None:
+        raise BenchError(f"dataset {ds.name!r} has points but no known mixture: drop class_coverage from eval.quality.metrics")
+    mc = coverage.mode_coverage(points, ds.mixture, coverage.N_STD, opts.class_min_share)
+    p = {"n_samples": len(points), "num_modes": len(ds.mixture.means), "n_std": coverage.N_STD}
+    note = "no sample within 3 std of any mode" if mc["mode_kl"] is None else ""
+    return [
+        metric("modes_covered", mc["modes_covered"], min_share=opts.class_min_share, **p),
+        metric("high_quality_share", mc["high_quality_share"], **p),
+        metric("mode_kl", mc["mode_kl"], note=note, **p),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _check_samples(samples: torch.Tensor, ds: Dataset, opts: QualityOptions) -> None:
+    want = "float (N, D) points" if ds.kind == "points" else "uint8 (N, C, H, W) images"
+    ok = samples.dtype.is_floating_point if ds.kind == "points" else samples.dtype == torch.uint8
+    if not ok or tuple(samples.shape[1:]) != ds.shape:
+        raise BenchError(f"samples for {ds.name!r} must be {want} of shape (N, {', '.join(map(str, ds.shape))}); "
+                         f"got {samples.dtype} {tuple(samples.shape)}")
+    need = max(opts.pr_k, opts.dc_k) + 1
+    if len(samples) < need:
+        raise BenchError(f"quality metrics need at least {need} samples (pr_k/dc_k + 1), got {len(samples)}; "
+                         f"raise the number of evaluation samples")
+    if ds.kind == "points" and "inception" in opts.feature_spaces:
+        raise BenchError(f"dataset {ds.name!r} has points, not images: remove 'inception' from eval.quality.feature_spaces")
+
+
+def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
+    """Every requested quality metric of ``samples`` against ``dataset``'s test split.
+
+    samples: uint8 (N, C, H, W) images, or float (N, D) points for toy2d. Features are
+    extracted once per feature space; reference features come from the disk cache.
+    """
+    _check_samples(samples, dataset, options)
+    opts = options
+    feature_based = [m for m in opts.metrics if m != "class_coverage"]
+    out: list[Metric] = []
+    domain_logits: torch.Tensor | None = None
+    domain_key = ""
+    for space in opts.feature_spaces:
+        wants_logits = space == "domain" and dataset.kind == "image" and "class_coverage" in opts.metrics
+        if not feature_based and not wants_logits:
+            continue  # e.g. only class_coverage with the inception space: no Inception pass at all
+        if space == "domain":
+            ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
+            x, bs, n_ref = samples, opts.batch_size, opts.n_reference
+        else:
+            ext = inception_extractor(device)
+            cap = opts.inception_max_samples or len(samples)
+            x, bs, n_ref = samples[:cap], opts.inception_batch_size, min(opts.n_reference, cap)
+        gen = extract(ext, x, bs, device)  # the one feature pass over this sample set
+        if "logits" in gen:
+            domain_logits, domain_key = gen["logits"], ext.key
+        if feature_based:
+            ref = reference_features(dataset, ext, n_ref, bs, device)
+            out += feature_metrics(gen["features"], ref, space, ext, opts)
+    if "class_coverage" in opts.metrics:
+        if dataset.kind == "points":
+            out += mode_metrics(samples.float(), dataset, opts)
+        else:
+            if domain_logits is None:  # only the inception space was asked for: the classifier is still the domain net
+                ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
+                domain_logits, domain_key = extract(ext, samples, opts.batch_size, device)["logits"], ext.key
+            out += class_metrics(domain_logits, dataset, opts, domain_key)
+    if "inception" in opts.feature_spaces:
+        n_is = min(len(samples), opts.inception_max_samples or len(samples))
+        out.append(metric("inception_score", None, note=UNAVAILABLE_IS, n_samples=n_is))
+    return out
+
+
+def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """Cheap snapshot for quality-over-training curves: domain FID and classes (toy2d: modes) covered.
+
+    Uses the cached domain net and the cached default reference (10,000 test images and their
+    FID statistics), so a call costs one forward pass over ``samples`` plus a 128-d FID.
+    FID of a small sample is biased upwards (see docs/metrics.md): compare curves at equal N.
+    """
+    opts = QualityOptions()
+    _check_samples(samples, dataset, QualityOptions(pr_k=1, dc_k=1))
+    ext = domain_extractor(dataset, device)
+    gen = extract(ext, samples, opts.batch_size, device)
+    ref = reference_features(dataset, ext, opts.n_reference, opts.batch_size, device)
+    out = {"fid_domain": fid_from_features(gen["features"], ref)}
+    if dataset.kind == "points":
+        if dataset.mixture is not None:
+            out["modes_covered"] = coverage.mode_coverage(samples.float(), dataset.mixture)["modes_covered"]
+    else:
+        out["classes_covered"] = coverage.class_coverage(gen["logits"], dataset.class_frequencies())["classes_covered"]
+    return out
