@@ -13,7 +13,7 @@ from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.families.base import DataSpec
 from bench.families.flow import (
-    ActNorm, AffineCoupling, Flow, FlowOptions, FlowStep, InvConv1x1, squeeze, std_normal_logp, unsqueeze,
+    ActNorm, AffineCoupling, Flow, FlowOptions, FlowStep, InvConv1x1, SplitPrior, squeeze, std_normal_logp, unsqueeze,
 )
 from bench.train import train
 
@@ -62,6 +62,21 @@ def test_layer_logdet_matches_brute_force_jacobian_and_inverts(make):
     assert abs(ld.item() - brute) < 1e-8 * max(1.0, abs(brute))
     assert abs(ld.item()) > 0.1  # the test is not trivially 0 = 0
     assert torch.allclose(layer.inverse(y), x, atol=1e-10)
+
+
+def test_split_prior_logdet_matches_brute_force_jacobian_and_inverts():
+    torch.manual_seed(0)
+    split = SplitPrior(2, 3).double()
+    _perturb(split, 8)
+    x = torch.randn(1, 5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+
+    def fn(t: torch.Tensor) -> torch.Tensor:  # (out, keep) -> (z, keep)
+        return torch.cat([split(t[:, :2], t[:, 2:], torch.zeros(1, dtype=torch.float64))[0], t[:, 2:]], 1)
+
+    z, ld = split(x[:, :2], x[:, 2:], torch.zeros(1, dtype=torch.float64))
+    brute = _brute_logdet(fn, x)
+    assert abs(ld.item() - brute) < 1e-8 * max(1.0, abs(brute)) and abs(brute) > 0.1
+    assert torch.allclose(split.inverse(z, x[:, 2:]), x[:, :2], atol=1e-10)
 
 
 def test_squeeze_is_a_permutation_and_unsqueeze_inverts_it():

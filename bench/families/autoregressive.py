@@ -53,7 +53,7 @@ class AutoregressiveOptions(FamilyOptions):
     head: int = Field(64, gt=0)  # images: hidden channels of the 1x1 output head before the 256 logits
     hidden: int = Field(128, gt=0)  # points: MLP width of each conditional
     components: int = Field(10, gt=0)  # points: Gaussian mixture components per conditional
-    lr: float = Field(1e-3, gt=0)  # Adam learning rate
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate (3e-3 beat 1e-3 on MNIST over 50 steps: 1.22 vs 1.51 bits/dim)
     grad_clip: float | None = Field(10.0, gt=0)  # clip the gradient's global norm; None = no clipping
 
     @field_validator("kernel", "first_kernel")
@@ -170,8 +170,11 @@ def autoregress(
     kh = layers[0].hconv if len(layers) else None
     # padded caches: the first layer reads the image, gated layer l reads v_{l-1} (vertical) / h_{l-1} (horizontal)
     x_v = torch.zeros(n, 1, H + v0.before, W + 2 * v0.side, device=dev)
-    x_h = torch.zeros(n, 1, W + h0.before, device=dev)
+    x_h = torch.zeros(n, W + h0.before, device=dev)  # the current row of the image, left-padded
     v_in = [torch.zeros(n, c, H + kv.before, W + 2 * kv.side, device=dev) for _ in layers] if kv else []
+    w_h0 = _position_major(h0.conv)
+    w_layers = [(_position_major(layer.hconv.conv), layer.hconv.conv.bias, layer.hout.weight.flatten(1), layer.hout.bias)
+                for layer in layers]
     values = torch.zeros(n, 1, H, W, dtype=torch.long, device=dev)
     all_logits = torch.zeros(n, H, W, 256, device=dev) if given is not None else None
     for i in range(H):
@@ -184,33 +187,46 @@ def autoregress(
             vf = layer.vconv.conv(cache[:, :, i : i + kv.depth])  # (n, 2C, 1, W)
             links.append(layer.link(vf))
             v = gate(vf)
-        # horizontal stack, pixel by pixel along row i; per pixel the convolutions are matrix products
-        # on (n, C * kernel) slices (F.linear: far less per-call overhead than conv2d on a 1x1 output)
+        # horizontal stack, pixel by pixel along row i. Per pixel each convolution is one matrix product on a
+        # contiguous (n, kernel * C) slice of a position-major cache (far less overhead than conv2d per pixel).
         x_h.zero_()
-        h_in = [torch.zeros(n, c, W + kh.before, device=dev) for _ in layers] if kh else []
+        h_in = [torch.zeros(n, W + kh.before, c, device=dev) for _ in layers] if kh else []
+        link0 = link0[:, :, 0].transpose(1, 2).contiguous()  # (n, W, C)
+        links = [link[:, :, 0].transpose(1, 2).contiguous() for link in links]  # (n, W, 2C) each
         for j in range(W):
-            h = _linear(h0.conv, x_h[:, :, j : j + h0.depth]) + link0[:, :, 0, j]  # (n, C)
-            for layer, cache, link in zip(layers, h_in, links):
-                cache[:, :, j + kh.before] = h
-                hf = _linear(layer.hconv.conv, cache[:, :, j : j + kh.depth]) + link[:, :, 0, j]  # (n, 2C)
-                h = h + _linear(layer.hout, gate(hf))
+            h = F.linear(x_h[:, j : j + h0.depth], w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
+            for (w, b, w_out, b_out), cache, link in zip(w_layers, h_in, links):
+                cache[:, j + kh.before] = h
+                hf = F.linear(cache[:, j : j + kh.depth].reshape(n, -1), w, b) + link[:, j]  # (n, 2C)
+                h = h + F.linear(gate(hf), w_out, b_out)
             logits = net.head(h)  # (n, 256)
             if given is not None:
                 all_logits[:, i, j] = logits
                 val = given[:, 0, i, j].long()
             else:
-                val = torch.multinomial(torch.softmax(logits, 1).to(generator.device), 1, generator=generator)
-                val = val[:, 0].to(dev)
+                val = _draw(logits, generator)
             values[:, 0, i, j] = val
             xv = scale_in(val)
             x_v[:, 0, i + v0.before, v0.side + j] = xv
-            x_h[:, 0, j + h0.before] = xv
+            x_h[:, j + h0.before] = xv
     return values, all_logits
 
 
-def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A convolution evaluated at one output position: (n, C_in, k) or (n, C_in) slice -> (n, C_out)."""
-    return F.linear(x.reshape(x.shape[0], -1), conv.weight.flatten(1), conv.bias)
+def _position_major(conv: nn.Conv2d) -> torch.Tensor:
+    """A (1, k) convolution's weight as a matrix on position-major slices: (C_out, C_in, 1, k) -> (C_out, k * C_in)."""
+    w = conv.weight[:, :, 0]  # (C_out, C_in, k)
+    return w.permute(0, 2, 1).reshape(w.shape[0], -1)
+
+
+def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One value per row from softmax(logits) by inverting the CDF: (n, 256) -> (n,).
+
+    Exact like ``torch.multinomial`` but with one uniform per row instead of one exponential per
+    category, which made multinomial a third of the sampler's time on CPU.
+    """
+    cdf = torch.softmax(logits, 1).cumsum(1)  # (n, 256)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=generator.device).to(logits.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=255)[:, 0]
 
 
 # ---------------------------------------------------------------------------------- points

@@ -13,8 +13,8 @@ Each *flow step* is Glow's triple (Kingma & Dhariwal 2018, Table 1):
 
 Images use Glow's multi-scale architecture (Glow Fig. 2; RealNVP Sec. 3.6): each level squeezes
 2x2 pixel blocks into channels, applies ``steps_per_level`` flow steps and, except at the last
-level, factors half the channels out straight to the base. 28x28 MNIST: 1x28x28 -> 4x14x14
-(2 factored out) -> 8x7x7; 8x8 digits: 1x8x8 -> 4x4x4 -> 8x2x2. Points (toy2d) use the same
+level, factors half the channels out to the base (through a learned prior, ``SplitPrior``).
+28x28 MNIST: 1x28x28 -> 4x14x14 (2 factored out) -> 8x7x7; 8x8 digits: 1x8x8 -> 4x4x4 -> 8x2x2. Points (toy2d) use the same
 steps with an MLP coupling net (each coordinate a "channel").
 
 The 8-bit protocol. A pixel value ``v`` in {0..255} is dequantized to ``v + u``, ``u ~ U[0, 1)``
@@ -189,6 +189,34 @@ class FlowStep(nn.Module):
         return y
 
 
+class SplitPrior(nn.Module):
+    """Factor out half the channels through a learned prior (``split2d`` in Glow's reference code).
+
+    ``z = (x_out - mu(x_keep)) * exp(-log s(x_keep))`` is an affine coupling from the kept half onto the
+    factored-out half, so ``z`` goes to the standard-normal base with log-det ``-sum log s``. Without it
+    the factored-out variables are independent noise given the rest (RealNVP's plain split); starting
+    from zero weights it *is* that plain split.
+    """
+
+    def __init__(self, c_out: int, c_keep: int):
+        super().__init__()
+        self.net = nn.Conv2d(c_keep, 2 * c_out, 3, padding=1)
+        nn.init.zeros_(self.net.weight)
+        nn.init.zeros_(self.net.bias)
+
+    def _mean_log_scale(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(keep)  # (B, 2 c_out, H, W)
+        return h[:, 0::2], 3.0 * torch.tanh(h[:, 1::2] / 3.0)  # log s bounded in (-3, 3) for stability
+
+    def forward(self, out: torch.Tensor, keep: torch.Tensor, logdet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_s = self._mean_log_scale(keep)
+        return (out - mean) * torch.exp(-log_s), logdet - log_s.flatten(1).sum(1)
+
+    def inverse(self, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        mean, log_s = self._mean_log_scale(keep)
+        return z * torch.exp(log_s) + mean
+
+
 def squeeze(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block becomes 4 channels (RealNVP Fig. 3). Volume-preserving."""
     b, c, h, w = x.shape
@@ -222,8 +250,8 @@ class Flow(GenerativeModel):
     def __init__(self, spec: DataSpec, options: FlowOptions):
         super().__init__(spec, options)
         o = options
-        self.levels = nn.ModuleList()
-        # channel count at each level's input after squeezing, and the shapes of what each level factors out
+        self.levels = nn.ModuleList()  # flow steps per level
+        self.splits = nn.ModuleList()  # the learned prior of what each level but the last factors out
         if spec.kind == "image":
             c, h, w = spec.shape
             if h % 2**o.levels or w % 2**o.levels:
@@ -233,6 +261,7 @@ class Flow(GenerativeModel):
                 c *= 4
                 self.levels.append(nn.ModuleList([FlowStep(c, o.hidden, 3, o.scale == "tanh") for _ in range(o.steps_per_level)]))
                 if lvl < o.levels - 1:
+                    self.splits.append(SplitPrior(c // 2, c - c // 2))
                     c -= c // 2  # the first half is factored out
         else:
             self.levels.append(nn.ModuleList([FlowStep(spec.dim, o.hidden, None, o.scale == "tanh") for _ in range(o.point_steps)]))
@@ -261,7 +290,8 @@ class Flow(GenerativeModel):
                 x, logdet = step(x, logdet)
             if lvl < len(self.levels) - 1:
                 k = x.shape[1] // 2
-                zs.append(x[:, :k])
+                z, logdet = self.splits[lvl](x[:, :k], x[:, k:], logdet)
+                zs.append(z)
                 x = x[:, k:]
         zs.append(x)
         return zs, logdet
@@ -270,7 +300,7 @@ class Flow(GenerativeModel):
         x = zs[-1]
         for lvl in reversed(range(len(self.levels))):
             if lvl < len(self.levels) - 1:
-                x = torch.cat([zs[lvl], x], 1)
+                x = torch.cat([self.splits[lvl].inverse(zs[lvl], x), x], 1)
             for step in reversed(self.levels[lvl]):
                 x = step.inverse(x)
             if self.spec.kind == "image":
