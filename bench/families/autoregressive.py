@@ -1,14 +1,16 @@
 """Autoregressive models: a gated PixelCNN on images, a mixture-density chain on points (exact likelihoods).
 
 Images. ``p(x) = prod_i p(x_i | x_<i)`` over pixels in raster order, each conditional a
-256-way softmax over the 8-bit value (van den Oord et al. 2016a, PixelRNN/PixelCNN, eq. 1-2),
+256-way softmax over the 8-bit value (van den Oord et al. 2016a, PixelRNN/PixelCNN, eq. 1, Sec. 2.2),
 so ``log_likelihood`` is the exact discrete log-probability of the 8-bit image: no
 dequantization, no bound. The network is the *gated* PixelCNN (van den Oord et al. 2016b,
 "Conditional Image Generation with PixelCNN Decoders", Sec. 2.1-2.2, Fig. 2):
 
 * a vertical stack whose output at row i sees only rows above i (all columns within its
   kernel), and a horizontal stack whose output at (i, j) sees row i left of j plus the vertical
-  stack: together they cover everything above and to the left, with no blind spot;
+  stack: together they cover everything above and to the left, with no blind spot (a test checks
+  that each pixel sees its left and above-right neighbours and nothing at or after itself). The
+  receptive field reaches ``first_kernel // 2 + layers * (kernel // 2)`` rows up: 8 with the defaults;
 * the first layer is "mask A" (excludes the current pixel), the gated layers are "mask B";
   both are realised without masks, by convolving with half-height/half-width kernels on a
   shifted padding (the same receptive field as a masked kernel, at about half its cost);
@@ -17,7 +19,7 @@ dequantization, no bound. The network is the *gated* PixelCNN (van den Oord et a
 * a 1x1 output head with 256 logits per pixel. One channel only (all bench image datasets).
 
 Sampling needs one network evaluation per pixel (NFE = H*W). Recomputing the whole net per
-pixel would cost H*W full forward passes; instead ``_autoregress`` computes each layer's
+pixel would cost H*W full forward passes; instead ``autoregress`` computes each layer's
 activations exactly once, row by row (vertical stack) and pixel by pixel (horizontal stack),
 from caches of the activations already computed: every activation a masked net would
 compute, and nothing else (the caching idea of Ramachandran et al. 2017, "Fast Generation for
@@ -49,7 +51,7 @@ class AutoregressiveOptions(FamilyOptions):
     channels: int = Field(32, gt=0)  # images: feature maps per stack in each gated layer
     layers: int = Field(5, ge=0)  # images: gated residual layers after the first (mask A) layer
     kernel: int = Field(3, ge=3)  # images: odd kernel width of the gated layers (height k//2+1 in the vertical stack)
-    first_kernel: int = Field(7, ge=3)  # images: odd kernel width of the first layer (sees k//2 rows above, k//2 pixels left)
+    first_kernel: int = Field(7, ge=3)  # images: odd width of the first layer (sees k//2 rows above, k//2 pixels left)
     head: int = Field(64, gt=0)  # images: hidden channels of the 1x1 output head before the 256 logits
     hidden: int = Field(128, gt=0)  # points: MLP width of each conditional
     components: int = Field(10, gt=0)  # points: Gaussian mixture components per conditional
@@ -173,8 +175,8 @@ def autoregress(
     x_h = torch.zeros(n, W + h0.before, device=dev)  # the current row of the image, left-padded
     v_in = [torch.zeros(n, c, H + kv.before, W + 2 * kv.side, device=dev) for _ in layers] if kv else []
     w_h0 = _position_major(h0.conv)
-    w_layers = [(_position_major(layer.hconv.conv), layer.hconv.conv.bias, layer.hout.weight.flatten(1), layer.hout.bias)
-                for layer in layers]
+    w_layers = [(_position_major(ly.hconv.conv), ly.hconv.conv.bias, ly.hout.weight.flatten(1), ly.hout.bias)
+                for ly in layers]
     values = torch.zeros(n, 1, H, W, dtype=torch.long, device=dev)
     all_logits = torch.zeros(n, H, W, 256, device=dev) if given is not None else None
     for i in range(H):
@@ -213,7 +215,7 @@ def autoregress(
 
 
 def _position_major(conv: nn.Conv2d) -> torch.Tensor:
-    """A (1, k) convolution's weight as a matrix on position-major slices: (C_out, C_in, 1, k) -> (C_out, k * C_in)."""
+    """A (1, k) convolution's weight as a matrix on position-major slices: (C_out, C_in, 1, k) -> (C_out, k C_in)."""
     w = conv.weight[:, :, 0]  # (C_out, C_in, k)
     return w.permute(0, 2, 1).reshape(w.shape[0], -1)
 
@@ -254,12 +256,14 @@ class Autoregressive(GenerativeModel):
         super().__init__(spec, options)
         if spec.kind == "image":
             if spec.shape[0] != 1:
-                raise BenchError(f"autoregressive: PixelCNN here models 1-channel images, the data has {spec.shape[0]} channels")
+                raise BenchError(f"autoregressive: PixelCNN here models 1-channel images, the data has "
+                                 f"{spec.shape[0]} channels; use a 1-channel dataset")
             self.net = GatedPixelCNN(options).to(memory_format=torch.channels_last)
         else:
             # conditional d reads x_<d; the first reads a constant 0 (its output is the marginal p(x_1))
-            self.conds = nn.ModuleList([mlp(max(d, 1), 3 * options.components, options.hidden) for d in range(spec.dim)])
-            self.register_buffer("initialized", torch.tensor(False))  # data-dependent init done (saved with the weights)
+            k, hidden = options.components, options.hidden
+            self.conds = nn.ModuleList([mlp(max(d, 1), 3 * k, hidden) for d in range(spec.dim)])
+            self.register_buffer("initialized", torch.tensor(False))  # data-dependent init done (saved with weights)
         self.optimizers["adam"] = torch.optim.Adam(self.parameters(), lr=options.lr)
 
     # ------------------------------------------------------------------ densities
@@ -332,7 +336,8 @@ class Autoregressive(GenerativeModel):
 
     @property
     def nfe_per_sample(self) -> float:
-        """Images: one network evaluation per pixel (computed incrementally, see ``autoregress``); points: one per coordinate."""
+        """Images: one network evaluation per pixel (computed incrementally, see ``autoregress``); points: one
+        per coordinate."""
         return float(self.spec.shape[1] * self.spec.shape[2]) if self.spec.kind == "image" else float(self.spec.dim)
 
 

@@ -14,19 +14,19 @@ Each *flow step* is Glow's triple (Kingma & Dhariwal 2018, Table 1):
 Images use Glow's multi-scale architecture (Glow Fig. 2; RealNVP Sec. 3.6): each level squeezes
 2x2 pixel blocks into channels, applies ``steps_per_level`` flow steps and, except at the last
 level, factors half the channels out to the base (through a learned prior, ``SplitPrior``).
-28x28 MNIST: 1x28x28 -> 4x14x14 (2 factored out) -> 8x7x7; 8x8 digits: 1x8x8 -> 4x4x4 -> 8x2x2. Points (toy2d) use the same
-steps with an MLP coupling net (each coordinate a "channel").
+28x28 MNIST: 1x28x28 -> 4x14x14 (2 factored out) -> 8x7x7; 8x8 digits: 1x8x8 -> 4x4x4 -> 8x2x2.
+Points (toy2d) use the same steps with an MLP coupling net (each coordinate a "channel").
 
 The 8-bit protocol. A pixel value ``v`` in {0..255} is dequantized to ``v + u``, ``u ~ U[0, 1)``
 (Theis et al. 2016; RealNVP Sec. 4.1), scaled to ``y = (v + u) / 256`` in [0, 1) and mapped to the
 real line by ``logit(alpha + (1 - 2 alpha) y)`` (a symmetric form of RealNVP's logit transform,
-Sec. 4.1, which keeps the logit away from +-infinity); the log-determinants
-of both maps are included, so ``log_likelihood`` returns ``log p(v + u)`` as a density on
-``[0, 256)^D``. That is the exact density of the dequantized data, and by Jensen's inequality
-its expectation over ``u`` is a lower bound on the discrete ``log P(v)`` (Theis et al. 2016,
-"A note on the evaluation of generative models", Sec. 3.1): the number reported, with one ``u`` per test image, is therefore *exact* as a continuous
-density but conservative as an 8-bit likelihood (bits/dim comparable with the flow literature,
-e.g. RealNVP/Glow's ~1.05 on MNIST after long training).
+Sec. 4.1, which keeps the logit away from +-infinity); the log-determinants of both maps are
+included, so ``log_likelihood`` returns ``log p(v + u)`` as a density on ``[0, 256)^D``. That is
+the exact density of the dequantized data, and by Jensen's inequality its expectation over ``u``
+is a lower bound on the discrete ``log P(v)`` (Theis et al. 2016, "A note on the evaluation of
+generative models", Sec. 3.1). The number reported, with one ``u`` per test image, is therefore
+exact as a continuous density but conservative as an 8-bit likelihood; its bits/dim compare
+with the flow literature (RealNVP/Glow report ~1.05 on MNIST after long training).
 
 Sampling is one inverse pass: ``z ~ N(0, T^2 I)``, ``x = f^{-1}(z)``, the pixel value is
 ``floor(256 y)``. ``temperature`` T < 1 is Glow's reduced-temperature sampling: smoother
@@ -57,7 +57,7 @@ class FlowOptions(FamilyOptions):
     lr: float | None = Field(None, gt=0)  # Adam learning rate; None: 3e-3 on images (short CPU budgets), 1e-3 on points
     warmup_steps: int = Field(10, ge=0)  # linear learning-rate warm-up (Glow's training recipe); 0 = none
     grad_clip: float | None = Field(100.0, gt=0)  # clip the gradient's global norm; None = no clipping
-    scale: Literal["tanh", "sigmoid"] = "tanh"  # coupling log-scale: 2 tanh(h/2) (RealNVP-style) or log sigmoid(h+2) (Glow)
+    scale: Literal["tanh", "sigmoid"] = "tanh"  # coupling log-scale: 2 tanh(h/2) (RealNVP) or log sigmoid(h+2) (Glow)
     temperature: float = Field(1.0, gt=0)  # sampling: z ~ N(0, T^2 I); 1 = the model's own distribution (Glow)
 
 
@@ -83,7 +83,7 @@ class ActNorm(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("initialized", torch.tensor(False))  # saved with the weights: a loaded flow is not re-initialised
+        self.register_buffer("initialized", torch.tensor(False))  # saved with the weights: no re-init after loading
 
     @torch.no_grad()
     def _init(self, x: torch.Tensor) -> None:
@@ -250,6 +250,7 @@ class Flow(GenerativeModel):
     def __init__(self, spec: DataSpec, options: FlowOptions):
         super().__init__(spec, options)
         o = options
+        tanh = o.scale == "tanh"
         self.levels = nn.ModuleList()  # flow steps per level
         self.splits = nn.ModuleList()  # the learned prior of what each level but the last factors out
         if spec.kind == "image":
@@ -259,12 +260,12 @@ class Flow(GenerativeModel):
                                  f"the data is {h}x{w}; lower levels")
             for lvl in range(o.levels):
                 c *= 4
-                self.levels.append(nn.ModuleList([FlowStep(c, o.hidden, 3, o.scale == "tanh") for _ in range(o.steps_per_level)]))
+                self.levels.append(nn.ModuleList([FlowStep(c, o.hidden, 3, tanh) for _ in range(o.steps_per_level)]))
                 if lvl < o.levels - 1:
                     self.splits.append(SplitPrior(c // 2, c - c // 2))
                     c -= c // 2  # the first half is factored out
         else:
-            self.levels.append(nn.ModuleList([FlowStep(spec.dim, o.hidden, None, o.scale == "tanh") for _ in range(o.point_steps)]))
+            self.levels.append(nn.ModuleList([FlowStep(spec.dim, o.hidden, None, tanh) for _ in range(o.point_steps)]))
         self.lr = o.lr if o.lr is not None else (3e-3 if spec.kind == "image" else 1e-3)
         self.optimizers["adam"] = torch.optim.Adam(self.parameters(), lr=self.lr)
         self._steps_done = 0
@@ -362,7 +363,8 @@ class Flow(GenerativeModel):
             lp = self.log_prob(v, u)
         else:
             lp = self.log_prob(x.float())
-        return [Likelihood("exact", "exact", lp, {"dequantization": "uniform, 1 draw"} if self.spec.kind == "image" else {})]
+        params = {"dequantization": "uniform, 1 draw"} if self.spec.kind == "image" else {}
+        return [Likelihood("exact", "exact", lp, params)]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
