@@ -155,7 +155,8 @@ def test_minibatch_std_feature_by_hand():
     assert out.shape == (2, 3) and torch.allclose(out[:, 2], torch.tensor([1.5, 1.5]), atol=1e-6)
     img = torch.randn(4, 3, 5, 5)
     assert minibatch_std(img).shape == (4, 4, 5, 5)
-    assert torch.all(minibatch_std(img.expand(4, -1, -1, -1).clone()[:1].expand(4, -1, -1, -1))[:, 3] < 1e-3)
+    collapsed = img[:1].expand(4, -1, -1, -1)  # four identical samples: the std feature is ~0
+    assert torch.all(minibatch_std(collapsed)[:, 3] < 1e-3)
 
 
 def test_accuracy_rule_logistic_and_critic():
@@ -211,6 +212,35 @@ def test_training_is_deterministic_given_the_seed(ring):
         r = train(m, ring, Budget(steps=20), batch_size=64, seed=1, device=CPU)
         runs.append((r.log.drop(columns="seconds"), m.sample(10, torch.Generator().manual_seed(0))))
     assert runs[0][0].equals(runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_hinge_default_spectral_norm_keeps_d_layers_at_unit_norm(ring):
+    # Miyato 2018: W / sigma(W) with sigma from power iteration (one iteration per forward in train mode).
+    # After training, a few more forwards let the iteration converge: the largest singular value is then 1.
+    m = build(spec_of(ring), loss="hinge", **TOY_ADAM)
+    train(m, ring, Budget(steps=30), batch_size=64, seed=0, device=CPU)
+    m.train()
+    with torch.no_grad():
+        for _ in range(30):
+            m.D(ring.train_x[:64], None)
+    m.eval()
+    linears = [mod for mod in m.D.modules() if isinstance(mod, torch.nn.Linear)]
+    assert len(linears) == 4
+    for lin in linears:
+        assert float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2)) == pytest.approx(1.0, abs=0.01)
+    plain = build(spec_of(ring), loss="nonsaturating")
+    assert not any(hasattr(mod, "parametrizations") for mod in plain.D.modules())
+
+
+def test_unconditioned_sampling_of_a_conditional_gan_draws_labels_from_the_data():
+    spec = DataSpec("points", (2,), 4, (0.7, 0.1, 0.1, 0.1))
+    m = build(spec, conditional=True).eval()
+    drawn = []
+    real = m.sample_labels
+    m.sample_labels = lambda n, g: drawn.append(real(n, g)) or drawn[-1]  # noqa: E731  (record the draw)
+    m.sample(4000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn[0], minlength=4).float() / 4000
+    assert torch.allclose(counts, torch.tensor([0.7, 0.1, 0.1, 0.1]), atol=0.03)
 
 
 def test_interface_metadata():

@@ -62,8 +62,9 @@ class GANOptions(FamilyOptions):
     minibatch_std: bool = False  # append the minibatch std feature map to D's last features (Karras 2018)
     spectral_norm: bool | None = None  # spectral normalisation of D's weights; default on for hinge only
     z_dim: int = Field(64, ge=1)  # noise dimension
-    width: int | None = Field(None, ge=1)  # images: channels at the finest hidden resolution (x2 per halving),
-    #                                        default 32 (InfoGAN's 64 halved for 2-core CPUs); points: MLP hidden units, 128
+    width: int | None = Field(None, ge=1)  # images: channels at the finest hidden resolution (x2 per
+    #                                        halving), default 32 (InfoGAN's 64 halved for a 2-core CPU);
+    #                                        points: MLP hidden units, default 128
     optimizer: Literal["adam", "rmsprop"] | None = None  # default rmsprop for wgan, else adam
     lr_g: float | None = Field(None, gt=0)  # G learning rate; default per loss (2e-4, wgan 5e-5, wgan_gp 1e-4)
     lr_d: float | None = Field(None, gt=0)  # D learning rate; same defaults as lr_g
@@ -172,7 +173,8 @@ class Discriminator(nn.Module):
             self.body, c, s = dcgan_discriminator_body(spec.shape, width, n_cond)  # (B, c, s, s)
             head_in = (c + extra) * s * s
         else:
-            self.body = nn.Sequential(mlp(spec.dim + n_cond, width, hidden=width, depth=3, act=LeakyReLU02), LeakyReLU02())
+            hidden = mlp(spec.dim + n_cond, width, hidden=width, depth=3, act=LeakyReLU02)  # (B, width)
+            self.body = nn.Sequential(hidden, LeakyReLU02())
             head_in = width + extra
         self.head = nn.Linear(head_in, 1)
 
@@ -328,7 +330,7 @@ class GAN(GenerativeModel):
             m = min(1000, n - i)
             onehot = self._onehot(None if y is None else y[i : i + m].to(self.device))
             out.append(self.G(self._noise(m, generator).to(self.device), onehot))
-        s = torch.cat(out)
+        s = torch.cat(out) if out else torch.empty(0, *self.spec.shape, device=self.device)
         return (s + 1) / 2 if self.spec.kind == "image" else s  # images back to [0, 1]
 
 
