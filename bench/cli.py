@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render results.csv/json and index.html from a run's records")
     rp.add_argument("run_dir", type=Path)
 
+    e = sub.add_parser("evaluate", help="quality metrics of samples made elsewhere (.npz/.npy, uint8 images)")
+    e.add_argument("samples", type=Path)
+    e.add_argument("--dataset", required=True, help="reference dataset, e.g. mnist (its test split)")
+    e.add_argument("--feature-space", action="append", choices=["domain", "inception"],
+                   help="repeatable; default: domain")
+    e.add_argument("--n-reference", type=int, default=10000, help="real test images used as reference")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--json", type=Path, help="also write the metrics here as JSON")
+
     c = sub.add_parser("compare", help="regression check: exit 1 if CURRENT is worse than BASELINE")
     c.add_argument("baseline")
     c.add_argument("current")
@@ -65,7 +74,29 @@ def _cmd_list() -> int:
     print("metrics:")
     for name, m in METRICS.items():
         arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
-        print(f"  {name:<22} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
+        print(f"  {name:<28} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.data import load_dataset
+    from bench.evaluate import evaluate_external
+    from bench.metrics.quality import QualityOptions
+    from bench.runner import resolve_device
+
+    ds = load_dataset(args.dataset)
+    opts = QualityOptions(feature_spaces=args.feature_space or ["domain"], n_reference=args.n_reference)
+    metrics = evaluate_external(args.samples, ds, opts, resolve_device(args.device))
+    for m in metrics:
+        value = "n/a" if m.value is None else f"{m.value:.6g}"
+        print(f"{m.name:<24} {value:>12} {m.unit:<10} {m.note}")
+    if args.json:
+        from bench.store import atomic_write_json
+
+        atomic_write_json(args.json, {"samples": str(args.samples), "dataset": args.dataset,
+                                      "metrics": [m.to_dict() for m in metrics]})
     return 0
 
 
@@ -80,6 +111,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = write_report(args.run_dir)
         print(f"wrote {out['html']}, {out['csv']}, {out['json']}")
         return 0
+    if args.cmd == "evaluate":
+        return _cmd_evaluate(args)
     if args.cmd == "compare":
         from bench import compare
 

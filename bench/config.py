@@ -20,11 +20,7 @@ from bench.errors import BenchError
 
 from bench.compare import CompareOptions
 
-try:  # TEMPORARY until the quality module lands
-    from bench.metrics.quality import QualityOptions
-except ImportError:  # pragma: no cover
-    class QualityOptions(BaseModel):  # type: ignore[no-redef]
-        model_config = ConfigDict(extra="allow")
+from bench.metrics.quality import QualityOptions
 
 
 class _Strict(BaseModel):

@@ -6,10 +6,14 @@ sample-based metric reads that one set.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.config import EvalConfig
 from bench.data import Dataset
+from bench.errors import BenchError
+from bench.metrics.quality import QualityOptions
 from bench.families.base import GenerativeModel
 from bench.metrics.likelihood import evaluate_likelihood
 from bench.metrics.speed import measure_sampling_speed
@@ -63,3 +67,42 @@ def evaluate(
         g = eval_generator(device, seed, stream=3)
         metrics += measure_sampling_speed(model, device, g, cfg.speed.batch_size, cfg.speed.repeats, cfg.speed.warmup)
     return metrics, samples
+
+
+def load_samples(path: str | Path) -> torch.Tensor:
+    """Samples made elsewhere: an .npz (key ``samples``, or its only array) or .npy of uint8 images
+    ``(N, C, H, W)`` / ``(N, H, W)``, or float points ``(N, D)``."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"{p}: no such samples file")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise BenchError(f"{p}: not a .npy/.npz array file ({e})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        keys = list(data.keys())
+        if "samples" in keys:
+            arr = data["samples"]
+        elif len(keys) == 1:
+            arr = data[keys[0]]
+        else:
+            raise BenchError(f"{p}: holds arrays {keys}; name the samples array 'samples'")
+    else:
+        arr = data
+    if arr.ndim == 3:
+        arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
+    if arr.ndim == 4 and arr.dtype != np.uint8:
+        raise BenchError(f"{p}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def evaluate_external(path: str | Path, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
+    """Quality metrics of a sample set made by another tool, on bench's footing."""
+    from bench.metrics.quality import evaluate_quality
+
+    samples = load_samples(path)
+    if tuple(samples.shape[1:]) != dataset.shape:
+        raise BenchError(f"{path}: samples have shape {tuple(samples.shape[1:])}, {dataset.name} has {dataset.shape}")
+    return evaluate_quality(samples, dataset, options, device)

@@ -6,5 +6,7 @@ from bench.families.base import FAMILIES, DataSpec, GenerativeModel, Likelihood,
 from bench.families import naive_bayes  # noqa: F401,E402  (registers "naive_bayes")
 from bench.families import vae  # noqa: F401,E402  (registers "vae")
 from bench.families import gan  # noqa: F401,E402  (registers "gan")
+from bench.families import flow  # noqa: F401,E402  (registers "flow")
+from bench.families import autoregressive  # noqa: F401,E402  (registers "autoregressive")
 
 __all__ = ["FAMILIES", "DataSpec", "GenerativeModel", "Likelihood", "register_family"]
