@@ -48,14 +48,25 @@ class Images(torch.utils.data.Dataset):
         return self.x[i]
 
 
-def naive_torch_fidelity(gen: torch.Tensor, real: torch.Tensor, net_path: Path, opts: QualityOptions) -> dict[str, Any]:
+def naive_torch_fidelity(gen: torch.Tensor, real: torch.Tensor, net_path: Path, opts: QualityOptions, as_user: bool) -> dict[str, Any]:
     """What a user without bench does: one calculate_metrics call per metric, each re-extracting both sets,
-    plus one more feature pass for density/coverage (torch-fidelity has no D/C)."""
+    plus one more feature pass for density/coverage (torch-fidelity has no D/C).
+
+    Default: bench's batch size and one BLAS thread (see quality.one_blas_thread), so the ratio measures
+    the single pass and the cached reference only. ``as_user``: torch-fidelity's defaults (batch 64,
+    BLAS threads as they come), the way a user would call it."""
+    from bench.metrics.quality import one_blas_thread
+
+    if as_user:
+        return _naive(gen, real, net_path, opts, batch_size=64)
+    with one_blas_thread():
+        return _naive(gen, real, net_path, opts, batch_size=opts.batch_size)
+
+
+def _naive(gen: torch.Tensor, real: torch.Tensor, net_path: Path, opts: QualityOptions, batch_size: int) -> dict[str, Any]:
     import torch_fidelity
 
-    # the same batch size as bench (torch-fidelity's default 64 is several times slower on this CPU), so the
-    # ratio measures the single pass and the cached reference, not the batch size
-    common = dict(input1=Images(gen), input2=Images(real), cuda=False, verbose=False, cache=False, batch_size=opts.batch_size,
+    common = dict(input1=Images(gen), input2=Images(real), cuda=False, verbose=False, cache=False, batch_size=batch_size,
                   feature_extractor=features.DOMAIN_EXTRACTOR, feature_extractor_weights_path=str(net_path))
     out, t = {}, {}
     out["fid"], t["fid"] = timed(lambda: torch_fidelity.calculate_metrics(fid=True, **common))
@@ -66,8 +77,8 @@ def naive_torch_fidelity(gen: torch.Tensor, real: torch.Tensor, net_path: Path, 
     def dc() -> tuple[float, float]:
         ext = features.DomainFeatureExtractor(features.DOMAIN_EXTRACTOR, ["features"], feature_extractor_weights_path=str(net_path))
         with torch.no_grad():
-            fg = torch.cat([ext(b)[0] for b in gen.split(opts.batch_size)])
-            fr = torch.cat([ext(b)[0] for b in real.split(opts.batch_size)])
+            fg = torch.cat([ext(b)[0] for b in gen.split(batch_size)])
+            fr = torch.cat([ext(b)[0] for b in real.split(batch_size)])
         return coverage.density_coverage(fr, fg, k=opts.dc_k)
 
     out["dc"], t["dc"] = timed(dc)
@@ -82,6 +93,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=5, help="suite size for the extrapolated ratio")
     ap.add_argument("--inception", type=int, default=32, help="images for the Inception images/s figure (0: skip)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--naive-as-user", action="store_true", help="torch-fidelity with its defaults (batch 64, BLAS threads)")
     args = ap.parse_args()
 
     report: dict[str, Any] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
@@ -112,7 +124,8 @@ def main() -> None:
     _, report["quick_quality_500"] = timed(lambda: quick_quality(gen[:500], ds, CPU))
 
     if not args.skip_naive:
-        naive = naive_torch_fidelity(gen, ds.test_x[: args.n], path, opts)
+        naive = naive_torch_fidelity(gen, ds.test_x[: args.n], path, opts, args.naive_as_user)
+        naive["settings"] = "torch-fidelity defaults" if args.naive_as_user else "bench's batch size, one BLAS thread"
         report["naive_torch_fidelity"] = naive
         m = args.models
         b1, bw, nv = report["bench_cold"]["wall_s"], report["bench_warm"]["wall_s"], naive["times"]["total_wall_s"]

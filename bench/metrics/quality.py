@@ -20,6 +20,8 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
+from threadpoolctl import threadpool_limits  # ships with scikit-learn
+
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.metrics import coverage
@@ -100,8 +102,20 @@ def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
     return fid_statistics_to_metric(fid_features_to_statistics(gen), _fid_stats(ref), verbose=False)[KEY_METRIC_FID]
 
 
+def one_blas_thread():
+    """torch-fidelity's FID and KID run in numpy; multi-threaded OpenBLAS on small matrices spins and is
+    far slower on a busy 2-core machine (eigvals of a 128x128 matrix: 1.6 s vs 3 ms; 2048x2048: 29 s vs
+    7 s), and one thread also makes the numbers independent of the core count."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
     """Every requested feature-based metric of generated features ``gen`` (N, F) vs the cached reference."""
+    with one_blas_thread():
+        return _feature_metrics(gen, ref, space, ext, opts)
+
+
+def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
     real = ref["features"]  # (M, F)
     n, m = len(gen), len(real)
     base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
@@ -228,7 +242,8 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     ext = domain_extractor(dataset, device)
     gen = extract(ext, samples, opts.batch_size, device)
     ref = reference_features(dataset, ext, opts.n_reference, opts.batch_size, device)
-    out = {"fid_domain": fid_from_features(gen["features"], ref)}
+    with one_blas_thread():
+        out = {"fid_domain": fid_from_features(gen["features"], ref)}
     if dataset.kind == "points":
         if dataset.mixture is not None:
             out["modes_covered"] = coverage.mode_coverage(samples.float(), dataset.mixture)["modes_covered"]
