@@ -152,9 +152,12 @@ def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.de
     return model
 
 
-def run_cell(cell: Cell, cfg: SuiteConfig, ds: Dataset, store: RunStore, run_id: str, device: torch.device,
-             env: dict[str, Any], suite_dir: Path, progress: bool) -> CellRecord:
-    """Train (or load), evaluate and record one cell. Never raises for a model's own failure."""
+def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store: RunStore, run_id: str,
+             device: torch.device, env: dict[str, Any], suite_dir: Path, progress: bool) -> CellRecord:
+    """Train (or load) on ``train_ds``, evaluate against ``ds`` and record one cell.
+
+    Never raises for a model's own failure: that is recorded as ``failed``.
+    """
     m = cell.model
     spec = data_spec(ds)
     budget_asked = cell.budget.as_dict()
@@ -173,7 +176,7 @@ def run_cell(cell: Cell, cfg: SuiteConfig, ds: Dataset, store: RunStore, run_id:
                 from bench.metrics.stability import snapshot_fn_for
 
                 snapshot_fn = snapshot_fn_for(ds, device, cfg.eval.snapshot_samples, cell.seed)
-            result = train(model, ds, cell.budget, batch_size=cell.batch_size, seed=cell.seed, device=device,
+            result = train(model, train_ds, cell.budget, batch_size=cell.batch_size, seed=cell.seed, device=device,
                            snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn,
                            nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
                            progress=progress)
@@ -305,9 +308,14 @@ def run_suite(
     run_id = run_dir.name
 
     # 3. data once, then every cell not yet on disk
+    # evaluation always uses the whole dataset (the domain feature net is trained on the full train split);
+    # train_subset only limits what the models train on
     ds = load_dataset(cfg.dataset.name, cfg.dataset.options)
+    train_ds = ds
+    if cfg.dataset.options.get("train_subset"):
+        ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
     if not quiet:
-        print(describe_plan(cfg, cells, run_dir, device, len(ds.train_x)), flush=True)
+        print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
     todo = [c for c in cells if not store.has_record(c.id)]
     if resume and not quiet:
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
@@ -315,7 +323,7 @@ def run_suite(
     for i, cell in enumerate(todo, 1):
         t0 = time.perf_counter()
         try:
-            rec = run_cell(cell, cfg, ds, store, run_id, device, env, suite_path.parent, progress=not quiet)
+            rec = run_cell(cell, cfg, train_ds, ds, store, run_id, device, env, suite_path.parent, progress=not quiet)
         except KeyboardInterrupt:
             raise BenchError(f"interrupted during {cell.id}; finished cells are kept: rerun with --resume --out {run_dir}") from None
         store.write_record(rec)
