@@ -187,10 +187,11 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
         rec.spent = result.spent
         rec.metrics += _cost_metrics(result)
         if "stability" in cfg.eval.metrics and not m.checkpoint:
-            from bench.metrics.stability import training_stability
+            from bench.metrics.stability import loss_curves, training_stability
 
             rec.metrics += training_stability(result, m.family)
             rec.curves["snapshots"] = result.snapshots
+            rec.curves["losses"] = loss_curves(result.log)
         if result.status == "diverged":
             rec.status, rec.diverged_at, rec.error = "diverged", result.diverged_at, result.reason
             return rec

@@ -93,6 +93,50 @@ def _trilemma_points(summary: pd.DataFrame, q: str, c: str | None, s: str | None
     return pts
 
 
+def _stability_table(records: list[CellRecord], quality: str | None) -> pd.DataFrame:
+    """The headline stability numbers per model: seeds diverged, spread of final quality, oscillation."""
+    from bench.metrics.stability import across_seeds
+
+    names = [n for n in (quality, "loss_cv", "d_acc", "snap_fid_domain_gap") if n]
+    spread = across_seeds(records, names)
+    rows = []
+    for model, g in spread.groupby("model", sort=False):
+        d = g[g.metric == "diverged"].iloc[0]
+        row = {"model": model, "family": g.iloc[0]["family"],
+               "diverged": f"{round(d['mean'] * d['n'])}/{d['n']}"}
+        for name in names:
+            hit = g[g.metric == name]
+            if hit.empty or hit.iloc[0]["n"] == 0:
+                row[name] = ""
+                continue
+            h = hit.iloc[0]
+            txt = tables.fmt(h["mean"])
+            if h["n"] > 1:
+                txt += f" ± {tables.fmt(h['std'])}"
+                if name == quality:
+                    txt += f" [{tables.fmt(h['ci95_low'])}, {tables.fmt(h['ci95_high'])}]"
+            row[name] = txt
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.drop(columns=[c for c in df.columns if c not in ("model", "family", "diverged") and not df[c].astype(bool).any()])
+
+
+def _loss_curves(records: list[CellRecord]) -> str | None:
+    """Watched loss over training (first seed of each model)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for r in sorted(records, key=lambda r: (r.model, r.seed)):
+        losses = r.curves.get("losses") or {}
+        if r.model in series or "step" not in losses:
+            continue
+        key = next((k for k in losses if k not in ("step", "seconds")), None)
+        if key:
+            pts = [(s, v) for s, v in zip(losses["step"], losses[key]) if v is not None]
+            series[f"{r.model} ({key})"] = ([p[0] for p in pts], [p[1] for p in pts])
+    if not series:
+        return None
+    return _data_uri(plots.curves(series, "training step", "watched loss", symlog=True))
+
+
 def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray | None) -> list[dict[str, str]]:
     out, seen = [], set()
     for r in sorted(records, key=lambda r: (r.model, r.seed)):
@@ -142,9 +186,13 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
             p["xerr"], p["yerr"] = p["cerr"], p["qerr"]
         figs.append({"title": f"Quality vs coverage ({q} vs {c})",
                      "uri": _data_uri(plots.trilemma(pts, "c", "q", None, c, q))})
+    stab_figs = []
     curve = _quality_curves(records)
     if curve:
-        figs.append({"title": "Quality over training (snapshots, first seed)", "uri": curve})
+        stab_figs.append({"title": "Quality over training (snapshots, first seed)", "uri": curve})
+    lc = _loss_curves(records)
+    if lc:
+        stab_figs.append({"title": "Watched training loss (first seed)", "uri": lc})
     full = summary.copy()
     if not full.empty:
         full["mean ± std"] = [tables.fmt(m) + ("" if n < 2 or math.isnan(sd) else f" ± {tables.fmt(sd)}")
@@ -160,7 +208,8 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
         meta=meta, env=env, records=records, failures=failures,
         status=_table_html(tables.status_table(records), index=False),
         main=_table_html(main), likelihood=_table_html(_likelihood_table(summary), index=False),
-        full=_table_html(full, index=False), figures=figs,
+        full=_table_html(full, index=False), figures=figs, stability_figures=stab_figs,
+        stability=_table_html(_stability_table(records, q), index=False),
         samples=_sample_figures(run_dir, records, real_points),
         trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
     )
