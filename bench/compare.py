@@ -34,13 +34,9 @@ model/metric, 0 otherwise, 2 on bad input (a ``BenchError``: missing/bad file, b
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import statistics
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -50,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import BenchError
 from bench.results import METRICS, CellRecord
+from bench.store import atomic_write_json, load_results
 
 Verdict = Literal[
     "regression", "improvement", "unchanged", "missing_model", "missing_metric", "new", "informational"
@@ -166,43 +163,12 @@ Run = tuple[dict[str, Any], list[CellRecord]]
 
 
 def load_run(path: Path) -> Run:
-    """Read a run directory (its ``results.json``) or a results JSON file.
-
-    Returns ``(config, records)``. Every problem a user can cause — no such path, no
-    ``results.json`` in the directory, invalid JSON, a record that is not a CellRecord —
-    is a one-line ``BenchError`` naming the path.
-    """
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        if path.is_dir():
-            raise BenchError(f"{path}: no results.json in this directory; pass a run directory written by `bench run`")
-        raise BenchError(f"{path}: no such file or directory; pass a run directory or its results.json")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchError(f"{file}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise BenchError(f"{file}: expected a JSON object with a 'records' list (the results.json of a run)")
-    config = data.get("config") or {}
+    """A run directory or a results JSON file -> ``(config, records)``; bad input is a one-line ``BenchError``."""
+    meta, records = load_results(path)
+    config = meta.get("config") or {}
     if not isinstance(config, dict):
-        raise BenchError(f"{file}: 'config' must be a JSON object, got {type(config).__name__}")
-    records = [_record(file, i, r) for i, r in enumerate(data["records"])]
+        raise BenchError(f"{path}: 'config' must be a JSON object, got {type(config).__name__}")
     return config, records
-
-
-def _record(file: Path, i: int, raw: Any) -> CellRecord:
-    """One record, checked enough that the comparison below cannot crash on it."""
-    try:
-        rec = CellRecord.from_dict(raw)
-    except (TypeError, KeyError, AttributeError, ValueError) as e:
-        raise BenchError(f"{file}: records[{i}] is not a cell record ({e})") from None
-    for m in rec.metrics:
-        if m.value is not None and (isinstance(m.value, bool) or not isinstance(m.value, (int, float))):
-            raise BenchError(f"{file}: records[{i}] ({rec.model}) metric {m.name!r}: value {m.value!r} is not a number")
-    return rec
 
 
 def _as_run(run: Run | str | Path) -> Run:
@@ -483,20 +449,6 @@ def benchmark_entries(result: CompareResult, higher_is_better: bool) -> list[dic
     return entries
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic write (temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(result: CompareResult, path: Path) -> None:
     """Write the machine-readable summary to ``path`` plus the two dashboard files beside it.
 
@@ -516,20 +468,19 @@ def write_summary(result: CompareResult, path: Path) -> None:
         "rows": [r.to_dict() for r in result.sorted_rows()],
         "benchmark": {"customSmallerIsBetter": smaller, "customBiggerIsBetter": bigger},
     }
-    _write_json(path, summary)
-    _write_json(path.parent / SMALLER_FILE, smaller)
-    _write_json(path.parent / BIGGER_FILE, bigger)
+    atomic_write_json(path, summary)
+    atomic_write_json(path.parent / SMALLER_FILE, smaller)
+    atomic_write_json(path.parent / BIGGER_FILE, bigger)
 
 
 def main(baseline: str, current: str, summary: str | None = None, quiet: bool = False) -> int:
-    """Entry point for ``bench compare``: print the table (or one line with ``quiet``), return the exit status."""
-    try:
-        result = compare_runs(Path(baseline), Path(current))
-        if summary:
-            write_summary(result, Path(summary))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return BenchError.exit_code
+    """Entry point for ``bench compare``: print the table (or one line with ``quiet``), return the exit status.
+
+    Bad input raises ``BenchError`` (the CLI prints it and exits 2).
+    """
+    result = compare_runs(Path(baseline), Path(current))
+    if summary:
+        write_summary(result, Path(summary))
     if quiet:
         for r in result.sorted_rows():
             if r.verdict in FAILING:
@@ -538,18 +489,3 @@ def main(baseline: str, current: str, summary: str | None = None, quiet: bool = 
     else:
         print(format_table(result))
     return result.exit_code
-
-
-def _cli(argv: list[str] | None = None) -> int:
-    """``python -m bench.compare`` (the same as ``bench compare``) for scripts and subprocess tests."""
-    p = argparse.ArgumentParser(prog="bench compare", description=__doc__.splitlines()[0])
-    p.add_argument("baseline", help="run directory or results.json of the baseline")
-    p.add_argument("current", help="run directory or results.json of the run under test")
-    p.add_argument("--summary", help="write a JSON summary here (and bench-smaller/bigger.json beside it)")
-    p.add_argument("--quiet", action="store_true", help="print only failures and the one-line summary")
-    a = p.parse_args(argv)
-    return main(a.baseline, a.current, a.summary, a.quiet)
-
-
-if __name__ == "__main__":
-    sys.exit(_cli())

@@ -99,22 +99,39 @@ class RunStore:
 
 
 def load_results(path: str | Path) -> tuple[dict[str, Any], list[CellRecord]]:
-    """A run directory or a results.json -> (run metadata incl. config, records)."""
+    """A run directory or a results.json -> (run metadata incl. ``config``, records).
+
+    A run directory without results.json (a run killed before its report) is read from
+    ``records/``. Every problem a user can cause is a one-line ``BenchError`` naming the path.
+    """
     p = Path(path)
-    if p.is_dir():
-        if (p / "results.json").is_file():
-            p = p / "results.json"
-        elif (p / "records").is_dir():
+    if p.is_dir() and not (p / "results.json").is_file():
+        if (p / "records").is_dir():
             recs = RunStore(p).records()
             return {"suite": recs[0].suite if recs else "", "run_id": p.name, "config": {}}, recs
-        else:
-            raise BenchError(f"{p}: not a run directory (no results.json or records/)")
-    if not p.is_file():
-        raise BenchError(f"{p}: no such file or run directory")
+        raise BenchError(f"{p}: no results.json in this directory; pass a run directory written by `bench run`")
+    file = p / "results.json" if p.is_dir() else p
+    if not file.is_file():
+        raise BenchError(f"{p}: no such file or directory; pass a run directory or its results.json")
     try:
-        data = json.loads(p.read_text())
-        recs = [CellRecord.from_dict(r) for r in data["records"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BenchError(f"{p}: not a bench results file ({type(e).__name__}: {e})") from None
-    meta = {k: v for k, v in data.items() if k != "records"}
-    return meta, recs
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"{file}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise BenchError(f"{file}: expected a JSON object with a 'records' list (the results.json of a run)")
+    records = [_record(file, i, r) for i, r in enumerate(data["records"])]
+    return {k: v for k, v in data.items() if k != "records"}, records
+
+
+def _record(file: Path, i: int, raw: Any) -> CellRecord:
+    """One record, checked enough that code reading it cannot crash on it."""
+    try:
+        rec = CellRecord.from_dict(raw)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise BenchError(f"{file}: records[{i}] is not a cell record ({e})") from None
+    for m in rec.metrics:
+        if m.value is not None and (isinstance(m.value, bool) or not isinstance(m.value, (int, float))):
+            raise BenchError(f"{file}: records[{i}] ({rec.model}) metric {m.name!r}: value {m.value!r} is not a number")
+    return rec

@@ -252,9 +252,11 @@ def test_bad_json_exits_2_with_one_line(tmp_path, capsys, content, message):
     good = write_run(tmp_path / "good", [rec("m", 0, {"nll": (1.0, NLL)})])
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    assert main(str(good), str(bad)) == 2
+    from bench.cli import main as cli_main
+
+    assert cli_main(["compare", str(good), str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("error: ") and message in err and str(bad) in err
+    assert "\n" not in err and err.startswith("bench: error: ") and message in err and str(bad) in err
 
 
 def test_missing_paths_are_bench_errors(tmp_path):
@@ -278,7 +280,9 @@ def test_bad_compare_section_names_the_field(tmp_path, capsys):
     good = write_run(tmp_path / "good", [rec("m", 0, {"nll": (1.0, NLL)})])
     cur = write_run(tmp_path / "cur", [rec("m", 0, {"nll": (1.0, NLL)})],
                     config={"compare": {"default": {"rel": -0.1}}})
-    assert main(str(good), str(cur)) == 2
+    from bench.cli import main as cli_main
+
+    assert cli_main(["compare", str(good), str(cur)]) == 2
     err = capsys.readouterr().err.strip()
     assert "compare.default.rel" in err and "-0.1" in err and "\n" not in err
     with pytest.raises(BenchError, match="compare.tolerances"):
@@ -338,12 +342,12 @@ def test_table_is_aligned_with_regressions_first(pair):
 
 def test_cli_subprocess(pair, tmp_path):
     base, cur = pair
-    p = subprocess.run([sys.executable, "-m", "bench.compare", str(base), str(cur), "--quiet",
+    p = subprocess.run([sys.executable, "-m", "bench", "compare", str(base), str(cur), "--quiet",
                         "--summary", str(tmp_path / "s" / "summary.json")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stderr
     assert p.stdout.count("regression:") == 2 and "missing_model: gan" in p.stdout
     assert (tmp_path / "s" / SMALLER_FILE).is_file()
-    p = subprocess.run([sys.executable, "-m", "bench.compare", str(base), str(tmp_path / "nope")],
+    p = subprocess.run([sys.executable, "-m", "bench", "compare", str(base), str(tmp_path / "nope")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
