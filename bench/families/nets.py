@@ -93,3 +93,137 @@ class ConvDecoder(nn.Module):
     def forward(self, z):
         ch, s = self.base
         return self.net(self.fc(z).view(-1, ch, s, s))  # (B, C_out, H, W)
+
+
+# ---------------------------------------------------------------------- time-conditioned nets
+# Shared by the diffusion and flow-matching families: a network of (x_t, t) that predicts noise
+# (DDPM) or a velocity (flow matching). Time t is continuous in [0, 1]; the DDPM family passes
+# its step index as t / T.
+
+import math  # imports for the appended section (the blocks above need only nn)
+
+import torch
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding of t in [0, 1] (Vaswani et al. 2017 sec. 3.5; as used by Ho et al. 2020).
+
+    t is scaled by 1000 first so that the usual frequency range covers both a 1000-step DDPM
+    and a continuous flow-matching time. (B,) -> (B, dim).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (1000.0 * t.float())[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb  # (B, dim)
+
+
+def _groups(ch: int) -> int:
+    """GroupNorm groups: 8 channels per group (or fewer groups for narrow layers)."""
+    return max(1, min(32, ch // 8))
+
+
+class TimeResBlock(nn.Module):
+    """GN-SiLU-conv, + per-channel time shift, GN-SiLU-conv, residual (Ho et al. 2020 appendix B, no dropout)."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.temb = nn.Linear(t_dim, c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stabler early training
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x, temb):
+        h = self.conv1(self.act(self.norm1(x)))  # (B, c_out, H, W)
+        h = h + self.temb(temb)[:, :, None, None]
+        h = self.conv2(self.act(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class TimeUNet(nn.Module):
+    """A small time-conditioned U-Net for 28x28 and 8x8 images: (B, C, H, W), (B,) -> (B, C, H, W).
+
+    ``patch`` > 1 first folds p x p pixel patches into channels (pixel unshuffle; 28x28x1 ->
+    14x14x4) and unfolds them at the end: a lossless way to skip the costliest full-resolution
+    convolutions on a CPU. There are ``len(mults)`` resolution levels, each half the previous
+    (rounded up: 14 -> 7 -> 4, 8 -> 4); ``mults[i]`` scales the width at level i. One
+    residual block per level on the way down, one on the way up after concatenating the skip,
+    one in the middle; no attention (it costs much on a CPU at these sizes). The output layer
+    starts at zero, so an untrained net predicts 0 (the families' known-answer tests use this).
+    """
+
+    def __init__(self, shape: tuple[int, int, int], width: int = 32, mults: tuple[int, ...] = (1, 2, 2),
+                 patch: int = 1, t_dim: int | None = None):
+        super().__init__()
+        c, h, w = shape
+        if h % patch or w % patch:
+            raise ValueError(f"patch={patch} does not divide the image size {h}x{w}")
+        self.patch = patch
+        c, h = c * patch * patch, h // patch
+        levels = [h]  # resolutions: stride-2 convs halve them (rounding up), e.g. 14 -> 7 -> 4, 8 -> 4 -> 2
+        while len(levels) < len(mults) and levels[-1] >= 4:
+            levels.append((levels[-1] + 1) // 2)
+        chs = [width * m for m in mults[: len(levels)]]
+        self.t_freq = max(width, 32)  # sinusoidal features of t
+        t_dim = t_dim or 4 * width
+        self.time_mlp = nn.Sequential(nn.Linear(self.t_freq, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.inp = nn.Conv2d(c, chs[0], 3, 1, 1)
+        self.down_blocks = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        for i in range(len(levels) - 1):
+            self.down_blocks.append(TimeResBlock(chs[i], chs[i], t_dim))
+            self.downs.append(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1))  # H -> ceil(H / 2)
+        self.mid = TimeResBlock(chs[-1], chs[-1], t_dim)
+        self.ups = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for i in reversed(range(len(levels) - 1)):
+            self.ups.append(nn.Sequential(nn.Upsample(size=(levels[i], levels[i]), mode="nearest"),
+                                          nn.Conv2d(chs[i + 1], chs[i], 3, 1, 1)))
+            self.up_blocks.append(TimeResBlock(2 * chs[i], chs[i], t_dim))
+        self.out = nn.Sequential(nn.GroupNorm(_groups(chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], c, 3, 1, 1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x, t):
+        temb = self.time_mlp(timestep_embedding(t, self.t_freq))  # (B, t_dim)
+        if self.patch > 1:
+            x = nn.functional.pixel_unshuffle(x, self.patch)  # (B, C p^2, H/p, W/p)
+        h = self.inp(x)
+        skips = []
+        for block, down in zip(self.down_blocks, self.downs):
+            h = block(h, temb)
+            skips.append(h)
+            h = down(h)
+        h = self.mid(h, temb)
+        for up, block in zip(self.ups, self.up_blocks):
+            h = block(torch.cat([up(h), skips.pop()], dim=1), temb)
+        h = self.out(h)
+        return nn.functional.pixel_shuffle(h, self.patch) if self.patch > 1 else h  # (B, C, H, W)
+
+
+class TimeMLP(nn.Module):
+    """Time-conditioned MLP for points: (B, D), (B,) -> (B, D); the time embedding is concatenated to x."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, t_dim: int = 32):
+        super().__init__()
+        self.t_dim = t_dim
+        self.net = mlp(dim + t_dim, dim, hidden, depth)
+        nn.init.zeros_(self.net[-1].weight)  # an untrained net predicts 0, as TimeUNet does
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, timestep_embedding(t, self.t_dim)], dim=1))  # (B, D)
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, parameter by parameter (Polyak averaging)."""
+    for pt, ps in zip(target.parameters(), source.parameters()):
+        pt.lerp_(ps.detach(), 1.0 - decay)
