@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.metrics.quality import QualityOptions
 from bench.families.base import GenerativeModel
 from bench.metrics.likelihood import evaluate_likelihood
-from bench.metrics.speed import measure_sampling_speed
+from bench.metrics.speed import measure_sampling_speed, speed_metrics, timed_sample
 from bench.results import Metric
 
 
@@ -32,15 +32,19 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model: GenerativeModel, n: int, device: torch.device, seed: int, batch_size: int = 500,
-             kind: str = "image") -> torch.Tensor:
-    """``n`` samples on the CPU: uint8 images ``(n, C, H, W)`` or float32 points ``(n, D)``."""
+             kind: str = "image") -> tuple[torch.Tensor, list[float]]:
+    """``n`` samples on the CPU (uint8 images ``(n, C, H, W)`` or float32 points ``(n, D)``) and the
+    wall time of each full-size ``sample(batch_size)`` call, device-synchronised."""
     model.eval()
     g = eval_generator(device, seed, stream=1)
-    out = []
+    out, times = [], []
     for i in range(0, n, batch_size):
-        s = model.sample(min(batch_size, n - i), g)
+        b = min(batch_size, n - i)
+        s, dt = timed_sample(model, b, g, device)
+        if b == batch_size:
+            times.append(dt)
         out.append(to_uint8(s).cpu() if kind == "image" else s.float().cpu())
-    return torch.cat(out)
+    return torch.cat(out), times
 
 
 def evaluate(
@@ -53,9 +57,9 @@ def evaluate(
 ) -> tuple[list[Metric], torch.Tensor | None]:
     """All requested metric groups but stability (which the runner computes from training)."""
     metrics: list[Metric] = []
-    samples = None
+    samples, times = None, []
     if "quality" in cfg.metrics or cfg.save_samples:
-        samples = generate(model, cfg.n_samples, device, seed, cfg.speed.batch_size, dataset.kind)
+        samples, times = generate(model, cfg.n_samples, device, seed, cfg.speed.batch_size, dataset.kind)
     if "quality" in cfg.metrics:
         from bench.metrics.quality import evaluate_quality
 
@@ -64,8 +68,15 @@ def evaluate(
         g = eval_generator(device, seed, stream=2)
         metrics += evaluate_likelihood(model, dataset, device, g, cfg.likelihood_examples, cfg.likelihood_batch_size)
     if "speed" in cfg.metrics:
-        g = eval_generator(device, seed, stream=3)
-        metrics += measure_sampling_speed(model, device, g, cfg.speed.batch_size, cfg.speed.repeats, cfg.speed.warmup)
+        sp = cfg.speed
+        if len(times) >= sp.warmup + sp.repeats:
+            # the evaluation samples were generated in timed batches of the same size: reuse those timings
+            # (the first ``warmup`` calls excluded) rather than paying for sampling twice
+            metrics += speed_metrics(times[sp.warmup:], sp.batch_size, model.nfe_per_sample, device,
+                                     warmup=sp.warmup, source="evaluation samples")
+        else:
+            g = eval_generator(device, seed, stream=3)
+            metrics += measure_sampling_speed(model, device, g, sp.batch_size, sp.repeats, sp.warmup)
     return metrics, samples
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from bench.config import load_suite, parse_suite
 from bench.errors import BenchError
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 HEAD = "name: a\ndataset: digits\nbudget: {steps: 5}\n"
 MODEL = "models:\n  - {name: m, family: vae}\n"
@@ -70,9 +70,7 @@ def test_cli_bad_suite_exits_2_without_traceback(write_suite):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("suite", ["suites/smoke.yaml", "suites/mnist.yaml", "suites/fashion-mnist.yaml"])
+@pytest.mark.parametrize("suite", sorted(p.name for p in (ROOT / "suites").glob("*.yaml")))
 def test_shipped_suites_validate(suite):
-    from conftest import ROOT
-
-    cfg = load_suite(ROOT / suite)
+    cfg = load_suite(ROOT / "suites" / suite)
     assert cfg.models

@@ -8,5 +8,7 @@ from bench.families import vae  # noqa: F401,E402  (registers "vae")
 from bench.families import gan  # noqa: F401,E402  (registers "gan")
 from bench.families import flow  # noqa: F401,E402  (registers "flow")
 from bench.families import autoregressive  # noqa: F401,E402  (registers "autoregressive")
+from bench.families import diffusion  # noqa: F401,E402  (registers "diffusion")
+from bench.families import flow_matching  # noqa: F401,E402  (registers "flow_matching")
 
 __all__ = ["FAMILIES", "DataSpec", "GenerativeModel", "Likelihood", "register_family"]

@@ -114,7 +114,7 @@ class NaiveBayes(GenerativeModel):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
-        v = x.flatten(1).double() if self.spec.kind == "image" else x.flatten(1).double()
+        v = x.flatten(1).double()  # 8-bit values as they are, or points
         return [Likelihood("exact", "exact", self._log_prob_values(v).float())]
 
     @torch.no_grad()
@@ -124,10 +124,16 @@ class NaiveBayes(GenerativeModel):
             y = torch.multinomial(prior.to(generator.device), n, replacement=True, generator=generator)
         y = y.to(self.count.device)
         if self.options.pixel_model == "categorical":
+            # inverse-CDF draws per class: one uniform per pixel, located in that pixel's cumulative histogram
             a = self.options.alpha
-            p = ((self.hist + a) / (self.count[:, None, None] + 256 * a)).float()  # (K, D, 256)
-            probs = p[y].reshape(-1, 256)  # (n*D, 256)
-            v = torch.multinomial(probs, 1, generator=generator).view(n, -1).float()
+            cdf = ((self.hist + a) / (self.count[:, None, None] + 256 * a)).cumsum(-1)  # (K, D, 256)
+            u = torch.rand(n, self.spec.dim, generator=generator, device=generator.device, dtype=torch.float64)
+            u = u.to(cdf.device)
+            v = torch.empty(n, self.spec.dim, device=cdf.device)
+            for c in y.unique().tolist():
+                rows = (y == c).nonzero().squeeze(1)
+                idx = torch.searchsorted(cdf[c], u[rows].T.contiguous())  # (D, n_c)
+                v[rows] = idx.T.clamp(max=255).float()
         else:
             mu, std = self._gaussian_params()
             eps = torch.randn(n, self.spec.dim, generator=generator, device=generator.device, dtype=torch.float64)

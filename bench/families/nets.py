@@ -29,7 +29,8 @@ def mlp(d_in: int, d_out: int, hidden: int = 256, depth: int = 3, act: type[nn.M
 
 
 class ConvEncoder(nn.Module):
-    """(B, C, H, W) -> (B, out_dim). ``norm`` in {"batch", "none"}; ``act`` e.g. LeakyReLU for a GAN critic."""
+    """(B, C, H, W) -> (B, out_dim): stride-2 4x4 convolutions straight from the input (DCGAN-style,
+    Radford et al. 2016), no full-resolution layer, which is where a small CPU net spends its time."""
 
     def __init__(
         self,
@@ -43,16 +44,19 @@ class ConvEncoder(nn.Module):
         super().__init__()
         c, h, _ = shape
         sizes = downsample_plan(h)
-        layers: list[nn.Module] = [nn.Conv2d(c + extra_in_channels, width, 3, 1, 1), act()]
-        ch = width
-        for _ in sizes:
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1)]
-            if norm == "batch":
-                layers.append(nn.BatchNorm2d(ch * 2))
+        layers: list[nn.Module] = []
+        ch_in, ch = c + extra_in_channels, width
+        for i, _ in enumerate(sizes):
+            layers.append(nn.Conv2d(ch_in, ch, 4, 2, 1))
+            if norm == "batch" and i > 0:
+                layers.append(nn.BatchNorm2d(ch))
             layers.append(act())
-            ch *= 2
+            ch_in, ch = ch, ch * 2
+        if not sizes:  # odd or tiny images: one full-resolution layer
+            layers += [nn.Conv2d(ch_in, ch, 3, 1, 1), act()]
+            ch_in = ch
         self.features = nn.Sequential(*layers)
-        self.flat_dim = ch * (sizes[-1] if sizes else h) ** 2
+        self.flat_dim = ch_in * (sizes[-1] if sizes else h) ** 2
         self.head = nn.Linear(self.flat_dim, out_dim)
 
     def forward(self, x):
@@ -60,7 +64,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(B, in_dim) -> (B, out_channels, H, W) logits/pre-activations; mirror of ConvEncoder."""
+    """(B, in_dim) -> (B, out_channels, H, W) pre-activations; the mirror of ConvEncoder (the last
+    transposed convolution emits the output channels directly)."""
 
     def __init__(
         self,
@@ -73,26 +78,32 @@ class ConvDecoder(nn.Module):
     ):
         super().__init__()
         c, h, _ = shape
+        out_c = out_channels or c
         sizes = downsample_plan(h)
-        ch = width * 2 ** len(sizes)
+        n = max(len(sizes), 1)
+        ch = width * 2 ** (n - 1)
         self.base = (ch, sizes[-1] if sizes else h)
         self.fc = nn.Linear(in_dim, ch * self.base[1] ** 2)
         layers: list[nn.Module] = []
         if norm == "batch":
             layers.append(nn.BatchNorm2d(ch))
         layers.append(act())
-        for _ in sizes:
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1)]
-            if norm == "batch":
-                layers.append(nn.BatchNorm2d(ch // 2))
-            layers.append(act())
-            ch //= 2
-        layers.append(nn.Conv2d(ch, out_channels or c, 3, 1, 1))
+        if not sizes:
+            layers.append(nn.Conv2d(ch, out_c, 3, 1, 1))
+        for i in range(len(sizes)):
+            last = i == len(sizes) - 1
+            layers.append(nn.ConvTranspose2d(ch, out_c if last else ch // 2, 4, 2, 1))
+            if not last:
+                if norm == "batch":
+                    layers.append(nn.BatchNorm2d(ch // 2))
+                layers.append(act())
+                ch //= 2
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
         ch, s = self.base
         return self.net(self.fc(z).view(-1, ch, s, s))  # (B, C_out, H, W)
+
 
 
 # ---------------------------------------------------------------------- time-conditioned nets

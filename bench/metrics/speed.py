@@ -26,6 +26,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def speed_metrics(times: list[float], batch_size: int, nfe: float, device: torch.device, **params) -> list[Metric]:
+    """samples/s from timed ``sample(batch_size)`` calls (median), plus NFE per sample."""
+    med = statistics.median(times)
+    params = {"batch_size": batch_size, "repeats": len(times), "device": device.type,
+              "spread_s": [round(min(times), 6), round(max(times), 6)], **params}
+    return [metric("samples_per_s", batch_size / med, **params), metric("nfe_per_sample", nfe)]
+
+
+def timed_sample(model: GenerativeModel, n: int, generator: torch.Generator, device: torch.device):
+    """One ``model.sample(n)`` call and its wall time, device-synchronised on both sides."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model.sample(n, generator)
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
 @torch.no_grad()
 def measure_sampling_speed(
     model: GenerativeModel,
@@ -37,18 +54,5 @@ def measure_sampling_speed(
 ) -> list[Metric]:
     """Time ``repeats`` calls of ``model.sample(batch_size)`` after ``warmup`` untimed ones."""
     model.eval()
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        model.sample(batch_size, generator)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    params = {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "device": device.type,
-              "spread_s": [round(min(times), 6), round(max(times), 6)]}
-    return [
-        metric("samples_per_s", batch_size / med, **params),
-        metric("nfe_per_sample", model.nfe_per_sample),
-    ]
+    times = [timed_sample(model, batch_size, generator, device)[1] for _ in range(warmup + repeats)][warmup:]
+    return speed_metrics(times, batch_size, model.nfe_per_sample, device, warmup=warmup)

@@ -106,7 +106,7 @@ def snapshot_fn_for(
     def snapshot(model: GenerativeModel, step: int) -> dict[str, float]:
         was_training = model.training
         try:
-            samples = generate(model, n_samples, device, seed, batch_size=n_samples, kind=dataset.kind)
+            samples, _ = generate(model, n_samples, device, seed, batch_size=n_samples, kind=dataset.kind)
         finally:
             model.train(was_training)
         return {k: float(v) for k, v in fn(samples, dataset, device).items()}
