@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", metavar="MODEL", help="run only this model (repeatable)")
     r.add_argument("--seeds", type=_seeds, help="override the suite's seeds, e.g. '0 1 2'")
     r.add_argument("--quiet", action="store_true", help="no progress output (CI)")
-    r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json; exit 1 on regression")
+    r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json (default: the suite's "
+                   "compare.baseline); exit 1 on a regression")
     r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a suite file and print its resolved plan")
@@ -132,10 +133,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if run_dir is None:
         return 0
     print(f"report: {run_dir / 'index.html'}")
-    if args.baseline:
+    baseline = args.baseline or (args.suite.parent / cfg.compare.baseline if cfg.compare.baseline else None)
+    if baseline:
         from bench import compare
 
-        return compare.main(str(args.baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet)
+        return compare.main(str(baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet)
     return 0
 
 
