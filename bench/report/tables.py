@@ -5,6 +5,7 @@ import math
 
 import pandas as pd
 
+import bench.metrics  # noqa: F401  (registers every metric: the tables read their metadata)
 from bench.results import METRICS, CellRecord
 
 TIDY_COLUMNS = ["suite", "run_id", "model", "family", "seed", "status", "metric", "value", "unit", "kind",
