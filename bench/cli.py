@@ -80,7 +80,6 @@ def _cmd_list() -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
 
     from bench.data import load_dataset
     from bench.evaluate import evaluate_external

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from conftest import TINY, run_cli
 
 
 def test_list_shows_families_datasets_and_metric_metadata():

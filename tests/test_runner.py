@@ -1,7 +1,6 @@
 """Runner and results store: records per cell, resume after a kill, divergence recorded, checkpoints loadable."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 import pytest
 import torch
 
-from bench.config import load_suite, parse_suite
+from bench.config import load_suite
 from bench.errors import BenchError
 from bench.runner import run_suite
 from bench.store import RunStore, load_results
