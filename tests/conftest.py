@@ -12,6 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Unit tests run torch on one thread: the nets are tiny, one thread is faster for them, and on a
+    busy 2-core machine two threads can be many times slower. Suites run in subprocesses set their own."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m bench ARGS`` in a real subprocess; returns the completed process (never raises on exit status)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

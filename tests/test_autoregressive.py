@@ -19,15 +19,6 @@ from bench.train import train
 SMALL = dict(channels=8, layers=2, head=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs load this 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _spec(h: int, w: int) -> DataSpec:
     return DataSpec("image", (1, h, w), 10, tuple([0.1] * 10))
 

@@ -22,15 +22,6 @@ TINY_IMG = DataSpec("image", (1, 4, 4), 10, tuple([0.1] * 10))
 POINTS = DataSpec("points", (2,), 8, tuple([1 / 8] * 8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs load this 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
     """Random non-zero weights everywhere (the zero-initialised coupling outputs would make tests trivial)."""
     g = torch.Generator().manual_seed(seed)

@@ -24,15 +24,6 @@ POINTS = DataSpec("points", (2,), 8, (0.125,) * 8)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: one thread is faster, and on a busy 2-core machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

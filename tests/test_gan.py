@@ -34,15 +34,6 @@ TOY_PER_LOSS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs run faster on one thread (and do not fight parallel test workers for the two cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ring() -> Dataset:
     # std 0.1 (the literature's 0.02 needs ~10x more steps for samples within 3 std); modes 15 std apart.

@@ -10,5 +10,6 @@ from bench.families import flow  # noqa: F401,E402  (registers "flow")
 from bench.families import autoregressive  # noqa: F401,E402  (registers "autoregressive")
 from bench.families import diffusion  # noqa: F401,E402  (registers "diffusion")
 from bench.families import flow_matching  # noqa: F401,E402  (registers "flow_matching")
+from bench.families import autoencoder  # noqa: F401,E402  (registers "autoencoder")
 
 __all__ = ["FAMILIES", "DataSpec", "GenerativeModel", "Likelihood", "register_family"]

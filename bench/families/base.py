@@ -20,7 +20,7 @@ Data conventions (the same for every family):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -127,8 +127,12 @@ class GenerativeModel(nn.Module):
         """Network evaluations needed for one sample (1 for one-shot decoders)."""
         return 1.0
 
-    def on_train_end(self) -> None:
-        """Hook for families that finalise after the budget is spent (e.g. naive Bayes)."""
+    def on_train_end(self, batches: Iterator[torch.Tensor]) -> None:
+        """Hook for families that finalise after the budget is spent (e.g. fit a latent density).
+
+        ``batches`` yields the whole training split once, in the family's input scale. Its time is
+        charged to training (``spent.finalize_seconds`` says how much).
+        """
 
     def sample_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Class labels drawn from the training frequencies, for conditional sampling."""

@@ -49,10 +49,9 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.naive_bayes import log_diff_ndtr
-from bench.families.nets import TimeMLP, TimeUNet, ema_update_
+from bench.families.nets import ema_update_, time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) int64 in 1..T) -> eps
@@ -212,15 +211,7 @@ class Diffusion(GenerativeModel):
     def __init__(self, spec: DataSpec, options: DiffusionOptions):
         super().__init__(spec, options)
         o = options
-        if spec.kind == "image":
-            _, h, w = spec.shape
-            patch = o.patch if o.patch is not None else (2 if h >= 16 and h % 2 == 0 and w % 2 == 0 else 1)
-            if h % patch or w % patch:
-                raise BenchError(f"diffusion option patch={o.patch} does not divide the {h}x{w} images; "
-                                 "use a divisor of the image size (or null for the default)")
-            self.net = TimeUNet(spec.shape, o.width, tuple(o.mults), patch)  # type: ignore[arg-type]
-        else:
-            self.net = TimeMLP(spec.dim, o.hidden)
+        self.net = time_conditioned_net(spec, "diffusion", o.width, o.mults, o.patch, o.hidden)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)  # weights used at evaluation
         betas = make_betas(o.schedule, o.timesteps)  # (T,)
         # index 0 is "t = 0": beta_0 = 0, abar_0 = 1, so tensors below are indexed by t directly

@@ -41,9 +41,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
-from bench.families.nets import TimeMLP, TimeUNet, ema_update_
+from bench.families.nets import ema_update_, time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 Solver = Literal["euler", "heun", "midpoint"]
@@ -156,15 +155,7 @@ class FlowMatching(GenerativeModel):
     def __init__(self, spec: DataSpec, options: FlowMatchingOptions):
         super().__init__(spec, options)
         o = options
-        if spec.kind == "image":
-            _, h, w = spec.shape
-            patch = o.patch if o.patch is not None else (2 if h >= 16 and h % 2 == 0 and w % 2 == 0 else 1)
-            if h % patch or w % patch:
-                raise BenchError(f"flow_matching option patch={o.patch} does not divide the {h}x{w} images; "
-                                 "use a divisor of the image size (or null for the default)")
-            self.net = TimeUNet(spec.shape, o.width, tuple(o.mults), patch)  # type: ignore[arg-type]
-        else:
-            self.net = TimeMLP(spec.dim, o.hidden)
+        self.net = time_conditioned_net(spec, "flow_matching", o.width, o.mults, o.patch, o.hidden)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)  # weights used at evaluation
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.time_sampling = o.time_sampling or ("logit_normal" if spec.kind == "image" else "uniform")

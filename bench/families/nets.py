@@ -238,3 +238,21 @@ def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * source, parameter by parameter (Polyak averaging)."""
     for pt, ps in zip(target.parameters(), source.parameters()):
         pt.lerp_(ps.detach(), 1.0 - decay)
+
+
+def time_conditioned_net(spec, family: str, width: int, mults, patch: int | None, hidden: int) -> nn.Module:
+    """The denoiser / velocity net of diffusion and flow matching: a TimeUNet on images, a TimeMLP on points.
+
+    ``patch=None`` folds 2x2 pixels into channels on images of 16 px and more (skips the costly
+    full-resolution convolutions on a CPU) and works at full resolution otherwise.
+    """
+    from bench.errors import BenchError
+
+    if spec.kind != "image":
+        return TimeMLP(spec.dim, hidden)
+    _, h, w = spec.shape
+    p = patch if patch is not None else (2 if h >= 16 and h % 2 == 0 and w % 2 == 0 else 1)
+    if h % p or w % p:
+        raise BenchError(f"{family} option patch={patch} does not divide the {h}x{w} images; "
+                         "use a divisor of the image size (or null for the default)")
+    return TimeUNet(spec.shape, width, tuple(mults), p)
