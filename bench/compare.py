@@ -210,6 +210,7 @@ class ModelRun:
     ok: int = 0
     statuses: list[str] = field(default_factory=list)
     metrics: dict[str, Stats] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)  # family, options and budget of its first cell
 
 
 def _group(records: list[CellRecord]) -> dict[str, ModelRun]:
@@ -217,6 +218,8 @@ def _group(records: list[CellRecord]) -> dict[str, ModelRun]:
     models: dict[str, ModelRun] = {}
     for rec in records:
         mr = models.setdefault(rec.model, ModelRun())
+        if not mr.setup:
+            mr.setup = {"family": rec.family, "options": rec.options, "budget": rec.budget}
         mr.cells += 1
         mr.statuses.append(rec.status)
         if rec.status != "ok":
@@ -318,6 +321,19 @@ def _judge(model: str, name: str, b: Stats, c: Stats, opts: CompareOptions) -> R
     return row
 
 
+def _setup_changes(b: dict[str, Any], c: dict[str, Any]) -> str:
+    """What differs between two models' family/options/budget, as ``key: old -> new; ...`` ('' when equal)."""
+    parts = []
+    for key in ("family", "budget", "options"):
+        bv, cv = b.get(key), c.get(key)
+        if isinstance(bv, dict) and isinstance(cv, dict):
+            parts += [f"{key}.{k}: {bv.get(k, '(unset)')} -> {cv.get(k, '(unset)')}"
+                      for k in sorted(set(bv) | set(cv)) if bv.get(k) != cv.get(k)]
+        elif bv != cv:
+            parts.append(f"{key}: {bv} -> {cv}")
+    return "; ".join(parts)
+
+
 def _compare_model(model: str, b: ModelRun, c: ModelRun, opts: CompareOptions) -> list[Row]:
     """Rows for a model present in both runs."""
     if c.ok == 0 and b.ok > 0:
@@ -332,6 +348,11 @@ def _compare_model(model: str, b: ModelRun, c: ModelRun, opts: CompareOptions) -
     elif b.ok != c.ok or b.cells != c.cells:
         rows.append(Row(model, "(model)", None, None, None, "informational",
                         f"ok cells {b.ok}/{b.cells} -> {c.ok}/{c.cells}; failed cells count as missing values",
+                        n_baseline=b.ok, n_current=c.ok))
+    changed = _setup_changes(b.setup, c.setup)
+    if changed:
+        # Not a verdict: a changed configuration explains movements in the rows below; it never fails CI by itself.
+        rows.append(Row(model, "(config)", None, None, None, "informational", "configuration differs: " + changed,
                         n_baseline=b.ok, n_current=c.ok))
     for name in sorted(set(b.metrics) | set(c.metrics)):
         bs, cs = b.metrics.get(name), c.metrics.get(name)
@@ -403,7 +424,7 @@ def format_table(result: CompareResult) -> str:
     header = ("verdict", "model", "metric", "better", "unit", "baseline", "current", "delta", "rule")
     lines = [header]
     for r in result.sorted_rows():
-        better = {True: "higher", False: "lower"}.get(r.higher_is_better, "-") if r.metric != "(model)" else ""
+        better = {True: "higher", False: "lower"}.get(r.higher_is_better, "-") if not r.metric.startswith("(") else ""
         delta = "-" if r.delta is None else f"{r.delta:+.4g}"
         lines.append((r.verdict.upper() if r.verdict in FAILING else r.verdict, r.model, r.metric, better, r.unit,
                       _num(r.baseline, r.std_baseline, r.n_baseline), _num(r.current, r.std_current, r.n_current),

@@ -111,6 +111,22 @@ def test_improvements_in_both_directions_pass(tmp_path):
     assert result.exit_code == 0
 
 
+def test_changed_configuration_is_noted_not_judged(tmp_path):
+    """A model whose options or budget changed gets one (config) row naming the change; it never fails CI."""
+    b = rec("m", 0, {"nll": (1.0, NLL)})
+    c = rec("m", 0, {"nll": (1.0, NLL)})
+    b.options, c.options = {"width": 16, "mults": [1, 2, 2]}, {"width": 16, "mults": [1, 2]}
+    c.budget = {"steps": 20}
+    result = compare_runs(write_run(tmp_path / "b", [b]), write_run(tmp_path / "c", [c]))
+    rows = {r.metric: r for r in result.rows}
+    assert rows["(config)"].verdict == "informational"
+    assert rows["(config)"].rule == ("configuration differs: budget.steps: 10 -> 20; "
+                                     "options.mults: [1, 2, 2] -> [1, 2]")
+    assert rows["nll"].verdict == "unchanged" and result.exit_code == 0
+    same = compare_runs(write_run(tmp_path / "b2", [b]), write_run(tmp_path / "b3", [b]))
+    assert "(config)" not in {r.metric for r in same.rows}
+
+
 def test_tolerance_boundary_and_overrides(tmp_path):
     """|delta| must exceed abs + rel*|baseline|; exact names beat patterns."""
     base = write_run(tmp_path / "b", [rec("m", 0, {"fid_a": (10.0, NLL), "fid_b": (10.0, NLL), "nll": (10.0, NLL)})])
@@ -235,7 +251,7 @@ def test_metric_with_no_value_in_current_is_missing(tmp_path):
     base = write_run(tmp_path / "b", [rec("m", 0, {"nll": (1.0, NLL)})])
     cur = write_run(tmp_path / "c", [CellRecord("t", "r", "m", "toy", 0, "ok", {}, {},
                                                 [Metric("nll", None, "bits/dim", "value", False, note="not computed")])])
-    (row,) = compare_runs(base, cur).rows
+    (row,) = [r for r in compare_runs(base, cur).rows if r.metric == "nll"]
     assert row.verdict == "missing_metric" and "not computed" in row.rule
 
 
