@@ -20,8 +20,8 @@ TIMING_METRICS = {"samples_per_s", "train_steps_per_s", "train_seconds"}
 
 
 def _comparable(rec: dict) -> dict:
-    spent = {k: v for k, v in rec["spent"].items() if k not in ("seconds", "peak_memory_mb", "eval_seconds",
-                                                                "snapshot_seconds")}
+    # Wall-clock and memory measurements differ run to run; everything else must match exactly.
+    spent = {k: v for k, v in rec["spent"].items() if not k.endswith("seconds") and k != "peak_memory_mb"}
     metrics = {m["name"]: m["value"] for m in rec["metrics"] if m["name"] not in TIMING_METRICS}
     return {"model": rec["model"], "seed": rec["seed"], "status": rec["status"], "spent": spent, "metrics": metrics}
 
