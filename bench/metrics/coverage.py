@@ -11,7 +11,6 @@ FID, KID and precision/recall come from torch-fidelity (``bench.metrics.quality`
 from __future__ import annotations
 
 import torch
-from torch_fidelity.metric_isc import isc_features_to_metric
 
 from bench.data import Mixture
 from bench.results import register_metric
@@ -115,6 +114,8 @@ def classifier_score(logits: torch.Tensor, splits: int = 10, seed: int = 2020) -
     splits), only with the domain classifier's logits instead of Inception's.
     """
     splits = max(1, min(splits, len(logits)))
+    from torch_fidelity.metric_isc import isc_features_to_metric  # lazy: torch-fidelity imports torchvision (~2 s)
+
     return isc_features_to_metric(logits.double(), splits=splits, shuffle=True, rng_seed=seed)["inception_score_mean"]
 
 

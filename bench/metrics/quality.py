@@ -12,22 +12,22 @@ space (``fid_domain``, ``fid_inception``); every metric's ``params`` record the 
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.metrics import coverage
-from bench.metrics.features import Extractor, domain_extractor, extract, inception_extractor, reference_features, update_reference
 from bench.metrics.inception import UNAVAILABLE_IS
 from bench.results import Metric, metric, register_metric
+
+# torch-fidelity (and bench.metrics.features, which builds on it) imports torchvision: ~2.5 s. They are
+# imported where metrics are computed, so `bench list`, `validate` and `compare` start in about 3 s.
+if TYPE_CHECKING:
+    from bench.metrics.features import Extractor
 
 FeatureSpace = Literal["domain", "inception"]
 QualityMetric = Literal["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
@@ -84,6 +84,10 @@ class QualityOptions(BaseModel):
 
 def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
     """torch-fidelity's {mu, sigma} of the reference, computed once and cached as tensors (weights_only loads)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    from bench.metrics.features import update_reference
+
     if "fid_mu" not in ref:
         stats = fid_features_to_statistics(ref["features"])
         update_reference(ref, fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
@@ -91,6 +95,8 @@ def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
+    from bench.metrics.features import update_reference
+
     key = f"knn_radii_k{k}"
     if key not in ref:
         update_reference(ref, **{key: coverage.knn_radii(ref["features"], k)})
@@ -99,6 +105,8 @@ def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
 
 def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
     """FID with torch-fidelity's statistics and distance (generated first, as torch-fidelity's input1)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
     return fid_statistics_to_metric(fid_features_to_statistics(gen), _fid_stats(ref), verbose=False)[KEY_METRIC_FID]
 
 
@@ -116,6 +124,9 @@ def feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Ext
 
 
 def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
     real = ref["features"]  # (M, F)
     n, m = len(gen), len(real)
     base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
@@ -193,6 +204,8 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
     samples: uint8 (N, C, H, W) images, or float (N, D) points for toy2d. Features are
     extracted once per feature space; reference features come from the disk cache.
     """
+    from bench.metrics.features import domain_extractor, extract, inception_extractor, reference_features
+
     _check_samples(samples, dataset, options)
     opts = options
     feature_based = [m for m in opts.metrics if m != "class_coverage"]
@@ -237,6 +250,8 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     FID statistics), so a call costs one forward pass over ``samples`` plus a 128-d FID.
     FID of a small sample is biased upwards (see docs/metrics.md): compare curves at equal N.
     """
+    from bench.metrics.features import domain_extractor, extract, reference_features
+
     opts = QualityOptions()
     _check_samples(samples, dataset, QualityOptions(pr_k=1, dc_k=1))
     ext = domain_extractor(dataset, device)

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 import torch
 
 from bench.results import METRICS, CellRecord, Metric, metric, register_metric
@@ -218,6 +217,8 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     n = values.size
     if n < 2:
         return math.nan, math.nan
+    import scipy.stats  # lazy, like every heavy import of the metric modules: `bench list/validate` stay fast
+
     half = scipy.stats.t.ppf(0.5 + level / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n)
     m = float(np.mean(values))
     return m - half, m + half
@@ -241,6 +242,8 @@ def across_seeds(records: list[CellRecord], metric_names: list[str] | None = Non
     the seeds that finished; the row ``metric == "diverged"`` is the share of seeds that diverged
     with an exact (Clopper-Pearson) binomial interval.
     """
+    import scipy.stats  # lazy (see t_interval)
+
     names = _default_metrics(records) if metric_names is None else list(metric_names)
     by_model: dict[str, list[CellRecord]] = {}
     for r in records:
