@@ -45,6 +45,12 @@ class Budget(_Strict):
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
+    @property
+    def label(self) -> str:
+        """Short and file-name safe: 45s, 500steps, 2epochs, 60000examples (the suffix of a sweep's model names)."""
+        ((unit, value),) = self.as_dict().items()
+        return f"{value:g}{'s' if unit == 'seconds' else unit}"
+
 
 class SpeedConfig(_Strict):
     """Sampling speed: the median of timed ``sample(batch_size)`` calls. When the evaluation samples
@@ -105,7 +111,9 @@ class SuiteConfig(_Strict):
     dataset: DatasetConfig  # what every model trains and is evaluated on
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     seeds: list[int] = Field([0], min_length=1)  # each model runs once per seed
-    budget: Budget  # the training budget every model gets unless it overrides it
+    budget: Budget | None = None  # the training budget every model gets unless it overrides it
+    budgets: list[Budget] | None = Field(None, min_length=1)  # a sweep instead: every model without a budget of
+    # its own trains once per budget, as model "<name>@<budget>" (e.g. flow@45s); cells = model x budget x seed
     batch_size: int = Field(128, gt=0)  # training batch size
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None = torch's default
@@ -113,11 +121,27 @@ class SuiteConfig(_Strict):
     compare: CompareOptions = CompareOptions()  # tolerances for `bench compare`
     models: list[ModelConfig] = Field(min_length=1)  # the families under test
 
+    def expanded_models(self) -> list[ModelConfig]:
+        """The models as cells see them: a budget sweep turns each model without its own budget into
+        one model per budget, named ``<name>@<label>``; everything else is unchanged."""
+        if self.budgets is None:
+            return list(self.models)
+        out = []
+        for m in self.models:
+            if m.budget is not None:
+                out.append(m)
+            else:
+                out += [m.model_copy(update={"name": f"{m.name}@{b.label}", "budget": b}) for b in self.budgets]
+        return out
+
     def seeds_for(self, m: ModelConfig) -> list[int]:
         return m.seeds if m.seeds is not None else self.seeds
 
     def budget_for(self, m: ModelConfig) -> Budget:
-        return m.budget or self.budget
+        budget = m.budget or self.budget
+        if budget is None:
+            raise ValueError(f"model {m.name!r} has no budget: plan cells from expanded_models()")
+        return budget
 
     def batch_size_for(self, m: ModelConfig) -> int:
         return m.batch_size or self.batch_size
@@ -230,6 +254,12 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
     def fail(loc: tuple, msg: str) -> None:
         raise BenchError(f"{source}:{_where(lines, loc)}: {_dotted(loc)}: {msg}")
 
+    if cfg.budget is not None and cfg.budgets is not None:
+        fail(("budgets",), "give budget (one for every model) or budgets (a sweep), not both")
+    if cfg.budget is None and cfg.budgets is None:
+        fail(("budget",), "required field is missing (or give budgets: for a sweep)")
+    if cfg.budgets is not None and len({b.label for b in cfg.budgets}) < len(cfg.budgets):
+        fail(("budgets",), f"the same budget appears twice: {', '.join(b.label for b in cfg.budgets)}")
     if cfg.dataset.name not in DATASETS:
         fail(("dataset", "name"), f"unknown dataset {cfg.dataset.name!r}; choose one of: {', '.join(DATASETS.names())}")
     dentry = DATASETS.get(cfg.dataset.name)

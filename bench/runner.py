@@ -44,13 +44,17 @@ class Cell:
 
 
 def plan(cfg: SuiteConfig, only: list[str] | None = None, seeds: list[int] | None = None) -> list[Cell]:
-    """Every (model, seed) cell of a suite, in suite order."""
-    models = cfg.models
+    """Every (model, seed) cell of a suite, in suite order; a budget sweep gives one model per budget.
+
+    ``only`` names models as the suite does (``flow``: every budget of it) or as the sweep does (``flow@45s``).
+    """
+    models = cfg.expanded_models()
     if only:
-        unknown = sorted(set(only) - {m.name for m in models})
+        known = {m.name for m in cfg.models} | {m.name for m in models}
+        unknown = sorted(set(only) - known)
         if unknown:
-            raise BenchError(f"--only: no model named {', '.join(unknown)}; the suite has: {', '.join(m.name for m in models)}")
-        models = [m for m in models if m.name in only]
+            raise BenchError(f"--only: no model named {', '.join(unknown)}; the suite has: {', '.join(sorted(known))}")
+        models = [m for m in models if m.name in only or m.name.split("@")[0] in only]
     return [
         Cell(m, s, cfg.budget_for(m), cfg.batch_size_for(m))
         for m in models

@@ -38,6 +38,12 @@ BAD = [
      "s.yaml:5: eval.metrics[0]: Input should be 'likelihood', 'quality', 'speed' or 'stability'"),
     ("- a\n- b\n", "s.yaml:1: a suite is a YAML mapping"),
     (HEAD + "device: tpu\n" + MODEL, "s.yaml:4: device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
+    (HEAD + "budgets: [{steps: 10}]\n" + MODEL,
+     "s.yaml:4: budgets: give budget (one for every model) or budgets (a sweep), not both"),
+    ("name: a\ndataset: digits\n" + MODEL, "s.yaml:1: budget: required field is missing (or give budgets: for a sweep)"),
+    ("name: a\ndataset: digits\nbudgets: [{steps: 10}, {steps: 10.0}]\n" + MODEL,
+     "s.yaml:3: budgets: the same budget appears twice: 10steps, 10steps"),
+    ("name: a\ndataset: digits\nbudgets: []\n" + MODEL, "s.yaml:3: budgets: List should have at least 1 item"),
 ]
 
 
@@ -54,6 +60,17 @@ def test_good_suite_resolves_defaults():
     cfg = parse_suite(HEAD + "seeds: [3, 4]\n" + MODEL, "s.yaml")
     assert cfg.dataset.name == "digits" and cfg.seeds == [3, 4] and cfg.batch_size == 128
     assert cfg.budget_for(cfg.models[0]).as_dict() == {"steps": 5}
+
+
+def test_budget_sweep_expands_every_model_without_its_own_budget():
+    cfg = parse_suite("name: a\ndataset: digits\nbudgets: [{seconds: 15}, {seconds: 45}, {epochs: 0.5}]\n"
+                      "models:\n  - {name: m, family: vae}\n  - {name: nb, family: naive_bayes, budget: {epochs: 1}}\n",
+                      "s.yaml")
+    models = cfg.expanded_models()
+    assert [m.name for m in models] == ["m@15s", "m@45s", "m@0.5epochs", "nb"]
+    assert [cfg.budget_for(m).as_dict() for m in models] == [{"seconds": 15}, {"seconds": 45}, {"epochs": 0.5},
+                                                             {"epochs": 1}]
+    assert [m.name for m in cfg.models] == ["m", "nb"]  # the resolved config keeps the sweep, not its expansion
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -168,6 +168,30 @@ def _quality_curves(records: list[CellRecord]) -> str | None:
     return _data_uri(plots.curves(series, "training step", key))
 
 
+def _budget_curves(records: list[CellRecord], q: str) -> str | None:
+    """Quality against training time spent, one line per model of a budget sweep (``<name>@<budget>``).
+
+    x is the mean training seconds the cells spent, whatever the budget's unit, so a steps sweep and a
+    seconds sweep read the same way; y is the mean of ``q`` over the seeds that finished.
+    """
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in records:
+        if "@" not in r.model or r.status != "ok":
+            continue
+        v, secs = r.value(q), r.spent.get("seconds")
+        if v is None or secs is None or not math.isfinite(v):
+            continue
+        base = r.model.rsplit("@", 1)[0]
+        points.setdefault(base, {}).setdefault(r.model, []).append((float(secs), float(v)))
+    series = {}
+    for base, by_budget in points.items():
+        xy = sorted((sum(s for s, _ in vs) / len(vs), sum(v for _, v in vs) / len(vs)) for vs in by_budget.values())
+        series[base] = ([x for x, _ in xy], [y for _, y in xy])
+    if not series:
+        return None
+    return _data_uri(plots.curves(series, "training seconds spent (mean over seeds)", q, x_log=True))
+
+
 def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_points: np.ndarray | None = None) -> str:
     summary = tables.summary(records)
     present = [n for n in HEADLINE if not summary.empty and n in set(summary.metric)]
@@ -186,6 +210,9 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
             p["xerr"], p["yerr"] = p["cerr"], p["qerr"]
         figs.append({"title": f"Quality vs coverage ({q} vs {c})",
                      "uri": _data_uri(plots.trilemma(pts, "c", "q", None, c, q))})
+    sweep = _budget_curves(records, q) if q else None
+    if sweep:
+        figs.append({"title": f"Quality vs training budget ({q}; one line per model of the budget sweep)", "uri": sweep})
     stab_figs = []
     curve = _quality_curves(records)
     if curve:

@@ -69,13 +69,16 @@ def trilemma(points: list[dict], x: str, y: str, size: str | None, xlabel: str, 
     return _png(fig)
 
 
-def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, symlog: bool = False) -> bytes:
+def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, symlog: bool = False,
+           x_log: bool = False) -> bytes:
     """Line plot of several named (x, y) series, e.g. quality over training per model."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker=".", label=name)
     if symlog:  # losses of different families differ by orders of magnitude
         ax.set_yscale("symlog")
+    if x_log:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
