@@ -137,14 +137,15 @@ def test_only_unknown_model_is_an_error(write_suite):
 
 
 def test_budget_sweep_runs_model_x_budget_x_seed(tmp_path, write_suite):
-    """cells = model x budget x seed; each cell spends its own budget; --only takes the suite's name."""
-    p = write_suite(TINY.replace("budget: {steps: 30}", "budgets: [{steps: 10}, {steps: 25}]")
+    """cells = model x budget x seed; each cell spends its own budget; --only takes the suite's name;
+    results follow the suite's order (5 steps before 25, which file-name order would reverse)."""
+    p = write_suite(TINY.replace("budget: {steps: 30}", "budgets: [{steps: 5}, {steps: 25}]")
                     .replace("eval: {metrics: [likelihood, speed]", "eval: {metrics: [likelihood, quality, speed]"))
     run_dir = run_suite(load_suite(p), p, out=tmp_path / "run", quiet=True, only=["vae"], seeds=[0])
-    recs = {r.cell_id: r for r in RunStore(run_dir).records()}
-    assert sorted(recs) == ["vae@10steps__seed0", "vae@25steps__seed0"]
-    assert [recs[c].spent["steps"] for c in sorted(recs)] == [10, 25]
-    assert all(r.status == "ok" and r.family == "vae" for r in recs.values())
+    _, recs = load_results(run_dir / "results.json")
+    assert [r.cell_id for r in recs] == ["vae@5steps__seed0", "vae@25steps__seed0"]
+    assert [r.spent["steps"] for r in recs] == [5, 25]
+    assert all(r.status == "ok" and r.family == "vae" for r in recs)
     assert "Quality vs training budget" in (run_dir / "index.html").read_text()
     with pytest.raises(BenchError, match="no model named vae@99steps"):
         run_suite(load_suite(p), p, out=tmp_path / "run2", quiet=True, only=["vae@99steps"])

@@ -9,6 +9,28 @@ import yaml
 from bench.store import RunStore, atomic_write_json, atomic_write_text
 
 
+def suite_order(records: list, config: dict) -> list:
+    """Records in the order the suite lists its models (and a sweep its budgets), then by seed.
+
+    Reports read like the suite the user wrote; file-name order would put flow@135s before flow@15s.
+    Models the config does not name (a hand-edited run) come last, by name.
+    """
+    from bench.config import Budget
+
+    names = [m.get("name") for m in config.get("models") or [] if isinstance(m, dict)]
+    try:
+        labels = [Budget(**b).label for b in config.get("budgets") or []]
+    except Exception:  # noqa: BLE001 - a config we cannot read only costs the ordering
+        labels = []
+
+    def key(r) -> tuple:
+        base, _, label = r.model.partition("@")
+        return (names.index(base) if base in names else len(names), labels.index(label) if label in labels else -1,
+                r.model, r.seed)
+
+    return sorted(records, key=key)
+
+
 def write_report(run_dir: Path) -> dict[str, Path]:
     """(Re)write results.json, results.csv and index.html from the run's records."""
     from bench.report import html, tables
@@ -20,6 +42,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
     env_path = run_dir / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    records = suite_order(records, config)
     meta = {"suite": config.get("name") or (records[0].suite if records else ""), "run_id": run_dir.name,
             "config": config, "environment": env}
     out = {"json": run_dir / "results.json", "csv": run_dir / "results.csv", "html": run_dir / "index.html"}
