@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.naive_bayes import log_diff_ndtr
-from bench.families.nets import ema_update_, time_conditioned_net
+from bench.families.nets import ema_step_, time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) int64 in 1..T) -> eps
@@ -258,11 +258,7 @@ class Diffusion(GenerativeModel):
         return {"loss": loss.detach()}
 
     def _update_ema(self) -> None:
-        """EMA with the usual warm-up min(decay, (1 + n) / (10 + n)), so short runs are not dominated by init."""
-        self.ema_steps += 1
-        n = int(self.ema_steps)
-        decay = min(self.options.ema_decay, (1 + n) / (10 + n))
-        ema_update_(self.ema, self.net, decay)
+        ema_step_(self.ema, self.net, self.ema_steps, self.options.ema_decay)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:

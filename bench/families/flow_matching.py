@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
-from bench.families.nets import ema_update_, time_conditioned_net
+from bench.families.nets import ema_step_, time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 Solver = Literal["euler", "heun", "midpoint"]
@@ -190,10 +190,7 @@ class FlowMatching(GenerativeModel):
         return {"loss": loss.detach()}
 
     def _update_ema(self) -> None:
-        """EMA with the usual warm-up min(decay, (1 + n) / (10 + n)), so short runs are not dominated by init."""
-        self.ema_steps += 1
-        n = int(self.ema_steps)
-        ema_update_(self.ema, self.net, min(self.options.ema_decay, (1 + n) / (10 + n)))
+        ema_step_(self.ema, self.net, self.ema_steps, self.options.ema_decay)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:

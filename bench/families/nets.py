@@ -6,6 +6,9 @@ stride-2 convolutions while it stays even and above 7, so 28x28 MNIST goes
 """
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 
@@ -110,10 +113,6 @@ class ConvDecoder(nn.Module):
 # Shared by the diffusion and flow-matching families: a network of (x_t, t) that predicts noise
 # (DDPM) or a velocity (flow matching). Time t is continuous in [0, 1]; the DDPM family passes
 # its step index as t / T.
-
-import math  # imports for the appended section (the blocks above need only nn)
-
-import torch
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -238,6 +237,14 @@ def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * source, parameter by parameter (Polyak averaging)."""
     for pt, ps in zip(target.parameters(), source.parameters()):
         pt.lerp_(ps.detach(), 1.0 - decay)
+
+
+def ema_step_(target: nn.Module, source: nn.Module, steps: torch.Tensor, max_decay: float) -> None:
+    """One EMA update with the usual warm-up ``min(max_decay, (1 + n) / (10 + n))``, so short runs are
+    not dominated by the initial weights. ``steps`` is the model's step-count buffer (checkpointed)."""
+    steps += 1
+    n = int(steps)
+    ema_update_(target, source, min(max_decay, (1 + n) / (10 + n)))
 
 
 def time_conditioned_net(spec, family: str, width: int, mults, patch: int | None, hidden: int) -> nn.Module:
