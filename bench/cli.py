@@ -93,7 +93,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         value = "n/a" if m.value is None else f"{m.value:.6g}"
         print(f"{m.name:<24} {value:>12} {m.unit:<10} {m.note}")
     if args.json:
-        from bench.store import atomic_write_json
+        from bench.io import atomic_write_json
 
         atomic_write_json(args.json, {"samples": str(args.samples), "dataset": args.dataset,
                                       "metrics": [m.to_dict() for m in metrics]})

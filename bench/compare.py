@@ -46,7 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import BenchError
 from bench.results import METRICS, CellRecord
-from bench.store import atomic_write_json, load_results
+from bench.io import atomic_write_json
+from bench.store import load_results
 
 Verdict = Literal[
     "regression", "improvement", "unchanged", "missing_model", "missing_metric", "new", "informational"

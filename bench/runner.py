@@ -27,7 +27,8 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.results import CellRecord, Metric, cell_id, metric
-from bench.store import RunStore, atomic_write_bytes, atomic_write_json, atomic_write_text, latest_run_dir, new_run_dir
+from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bench.store import RunStore, latest_run_dir, new_run_dir
 from bench.train import TrainResult, steps_for, train
 
 

@@ -23,7 +23,8 @@ from bench.data import DATASETS, Dataset, Mixture, load_dataset
 from bench.data import mnist as mnist_mod
 from bench.data.idx import load_idx_split, parse_idx, write_idx
 from bench.data.toy2d import mode_means
-from bench.data.verify import load_numpy_pickle, read_verified, write_with_sidecar
+from bench.data.verify import load_numpy_pickle
+from bench.io import read_verified, write_with_sidecar
 from bench.errors import BenchError
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

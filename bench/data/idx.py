@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from bench.data.verify import sha256_bytes
+from bench.io import sha256_bytes
 
 _GZIP_MAGIC = b"\x1f\x8b"
 UBYTE = 0x08

