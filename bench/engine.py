@@ -186,6 +186,14 @@ class Engine:
         if self.scaler is not None:
             self.scaler.update()
 
+    def watched(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The family's ``watched_loss`` entry of ``losses``; its absence is the family's bug, said plainly."""
+        key = self.model.watched_loss
+        if key not in losses:
+            raise KeyError(f"family {self.model.family!r} returned losses {sorted(losses)} without its "
+                           f"watched_loss {key!r}")
+        return losses[key]
+
     def scale(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` times the fp16 loss scale (``t`` itself otherwise): for gradients taken inside a loss, such
         as a gradient penalty (PyTorch AMP examples, "Gradient penalty"); divide the result by ``loss_scale``."""
@@ -201,9 +209,7 @@ class Engine:
         Returns the detached losses; the family's ``watched_loss`` is among them."""
         model = self.model
         losses = model.training_step(x, y, self)
-        if model.watched_loss not in losses:
-            raise KeyError(f"family {model.family!r}: training_step returned {sorted(losses)} without its "
-                           f"watched_loss {model.watched_loss!r}")
+        self.watched(losses)
         self.steps += 1
         if model.has_ema:
             self._update_ema()

@@ -174,7 +174,11 @@ class GenerativeModel(nn.Module):
         params = list(self.trainable_parameters())
         if not params:
             return {}
-        return {"adam": torch.optim.Adam(params, lr=self.options.lr)}  # type: ignore[attr-defined]
+        lr = getattr(self.options, "lr", None)
+        if lr is None:
+            raise TypeError(f"family {self.family!r}: the default configure_optimizers reads options.lr; "
+                            "give the Options an lr field or override configure_optimizers")
+        return {"adam": torch.optim.Adam(params, lr=lr)}
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor, engine: Engine) -> dict[str, torch.Tensor]:
         """One update on a batch: ``loss`` under the engine's autocast, then one step of every optimiser on
@@ -182,7 +186,7 @@ class GenerativeModel(nn.Module):
         same ``engine.autocast()`` and ``engine.minimise(loss, name)``."""
         with engine.autocast():
             losses = self.loss(x, y)
-        engine.minimise(losses[self.watched_loss])
+        engine.minimise(engine.watched(losses))
         return losses
 
     def ema_modules(self) -> dict[str, nn.Module]:

@@ -227,15 +227,17 @@ class GAN(GenerativeModel):
         return -s_fake.mean()  # wgan, wgan_gp, hinge (Miyato 2018, Eq. 17)
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, onehot: torch.Tensor | None,
-                          engine: Engine) -> torch.Tensor:
+                          engine: Engine | None = None) -> torch.Tensor:
         """Gulrajani 2017, Eq. 3: E[(||grad_xhat D(xhat)||_2 - 1)^2] on random interpolates xhat.
 
         Under fp16 the inner gradient is taken of the scaled score and unscaled (PyTorch AMP examples,
         "Gradient penalty"); otherwise this is the plain formula."""
         eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=self.gen, device=real.device)
         xhat = (eps * real + (1 - eps) * fake).requires_grad_(True)  # (B, ...)
-        (grad,) = torch.autograd.grad(engine.scale(self.D(xhat, onehot).sum()), xhat, create_graph=True)
-        if engine.scaler is not None:
+        score = self.D(xhat, onehot).sum()
+        scaled = engine is not None and engine.scaler is not None
+        (grad,) = torch.autograd.grad(engine.scale(score) if scaled else score, xhat, create_graph=True)
+        if scaled:
             grad = grad / engine.loss_scale
         return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
