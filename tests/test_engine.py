@@ -241,3 +241,40 @@ def test_train_records_the_resolved_settings_and_progress_reads_like_a_budget(ca
     bar.close()
     text = capsys.readouterr().err
     assert "vae__seed0 25.3/45 s" in text and "step 611" in text and "25.29" not in text
+
+
+def test_a_newcomer_family_is_its_loss_and_sampler_only():
+    """The README's 'add a family': options with lr, loss() and sample(); the engine and the loop do the rest."""
+    from pydantic import Field
+
+    from bench.data import load_dataset
+    from bench.families.base import FamilyOptions
+    from bench.families.nets import mlp
+
+    class GaussOptions(FamilyOptions):
+        lr: float = Field(0.05, gt=0)
+
+    class Gauss(GenerativeModel):
+        """A diagonal Gaussian fitted by maximum likelihood."""
+        family, Options, likelihood_kind, watched_loss = "gauss", GaussOptions, "exact", "nll"
+
+        def __init__(self, spec: DataSpec, options: GaussOptions):
+            super().__init__(spec, options)
+            self.mean = torch.nn.Parameter(torch.zeros(spec.dim))
+            self.log_std = torch.nn.Parameter(torch.zeros(spec.dim))
+            self.unused = mlp(1, 1)  # submodules need not take part
+
+        def loss(self, x, y):
+            z = (x - self.mean) * torch.exp(-self.log_std)
+            return {"nll": (0.5 * z.square() + self.log_std + 0.5 * math.log(2 * math.pi)).sum(1).mean()}
+
+    ds = load_dataset("toy2d", {"pattern": "ring8", "std": 0.1, "n_train": 4000, "n_test": 100})
+    m = Gauss(DataSpec("points", (2,), 8, (0.125,) * 8), GaussOptions())
+    r = train(m, ds, TrainContext(Budget(steps=300), 256))
+    nll = r.log["nll"]
+    # maximum likelihood: the sample mean and std of the ring (radius 2: std about 2 / sqrt(2) per axis), at which
+    # the NLL is sum_d (1/2 + log std_d + log(2 pi) / 2)
+    best = float((0.5 + ds.train_x.std(0).log() + 0.5 * math.log(2 * math.pi)).sum())
+    assert r.status == "ok" and nll.iloc[-20:].mean() == pytest.approx(best, abs=0.03) and nll.iloc[0] > best + 0.2
+    torch.testing.assert_close(m.mean.detach(), ds.train_x.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(m.log_std.detach().exp(), ds.train_x.std(0), atol=0.05, rtol=0)
