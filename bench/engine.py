@@ -218,8 +218,9 @@ class Engine:
         return {k: v.detach() for k, v in losses.items()}
 
     def _update_ema(self) -> None:
-        """EMA with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` so short runs are not dominated by the
-        initial weights; decay 0 (EMA off) keeps the copies equal to the live weights."""
+        """EMA with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's ExponentialMovingAverage
+        with ``num_updates``) so short runs are not dominated by the initial weights; decay 0 (EMA off) keeps the
+        copies equal to the live weights."""
         model = self.model
         model.ema_steps += 1
         n = int(model.ema_steps)

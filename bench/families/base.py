@@ -36,7 +36,18 @@ and, when the defaults do not fit::
                                                 # the same helpers once per player
     nfe_per_sample (property), on_train_end(batches), num_parameters()
 
+What the engine gives an overriding ``training_step`` (``bench/families/gan.py`` is the example):
+``engine.autocast()`` (the forward pass's precision context), ``engine.minimise(loss, *names)``
+(zero_grad, backward, clip, step of the named optimisers; all when none is named),
+``engine.watched(losses)``, and ``engine.scale(t)`` / ``engine.loss_scale`` for gradients taken
+inside a loss under fp16. One harness step is ``engine.step(x, y)``: ``training_step``, then the
+EMA update and one step of the learning-rate schedule; ``Engine(model).step(x, y)`` trains a family
+by hand (tests, notebooks) with its ``train_defaults``.
+
 A minimal family (register it, and import its module in ``bench/families/__init__.py``)::
+
+    class MyOptions(FamilyOptions):
+        lr: float = Field(1e-3, gt=0)  # the default optimiser reads options.lr
 
     class MyModel(GenerativeModel):
         '''One line that `bench list` shows.'''
