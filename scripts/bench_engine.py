@@ -119,7 +119,7 @@ def bare_gan_step(m: GAN) -> StepFn:
         loss_g.backward()
         opts["g"].step()
         m.D.requires_grad_(True)
-        return {"loss_d": float(loss_d), "loss_g": float(loss_g)}
+        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
 
     return step
 
