@@ -28,7 +28,7 @@ from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.results import CellRecord, Metric, cell_id, metric
 from bench.engine import TrainSettings
-from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from bench.store import RunStore, latest_run_dir, new_run_dir
 from bench.train import Spent, TrainContext, TrainResult, steps_for, train
 
@@ -115,10 +115,7 @@ def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device)
 def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: DataSpec,
                     optimizers: dict[str, torch.optim.Optimizer]) -> None:
     """State dict + config, loadable with ``torch.load(weights_only=True)``."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(
+    atomic_torch_save(
         {
             "bench_checkpoint": 1,
             "family": m.family,
@@ -128,9 +125,8 @@ def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: Da
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         },
-        buf,
+        path,
     )
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.device) -> GenerativeModel:
