@@ -80,6 +80,35 @@ def test_domain_net_cache_key_follows_the_data(digits):
     assert domain.domain_net_path(load_dataset("digits")) == p  # same content, new tensors: same net
 
 
+def test_cache_files_are_checked_against_their_sidecars(digits, tmp_path, monkeypatch):
+    """Domain net and reference features: a sha256 sidecar beside each; a corrupted file is a one-line error,
+    a file without its sidecar (a cache from before sidecars) is rebuilt."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    fidelity.clear_memory_caches()
+    tiny = domain.DomainRecipe(epochs=1, min_examples=256, batch_size=128)
+    net = domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny)
+    assert bench_io.sidecar(net).is_file() and bench_io.verify_sidecar(net)
+    blob = bytearray(net.read_bytes())
+    blob[-10] ^= 0xFF
+    net.write_bytes(bytes(blob))
+    with pytest.raises(BenchError, match=r"sha256 is .*delete it \(and its .sha256\) and run again") as e:
+        domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny)
+    assert "\n" not in str(e.value)
+    bench_io.sidecar(net).unlink()  # as a cache from before sidecars looks: rebuilt under the same name
+    assert domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny) == net and bench_io.verify_sidecar(net)
+    ext = fidelity.Extractor("domain", fidelity.IdentityFeatureExtractor(fidelity.IDENTITY_EXTRACTOR, ["features"]), "id")
+    ref = caches.reference_features(digits, ext, 50, 50, CPU)
+    caches.update_reference(ref, extra=torch.ones(3))  # a rewrite updates its sidecar too
+    path = caches.reference_path(digits, ext, 50)
+    fidelity.clear_memory_caches()
+    assert torch.equal(caches.reference_features(digits, ext, 50, 50, CPU)["extra"], torch.ones(3))
+    path.write_bytes(path.read_bytes()[:-1])
+    fidelity.clear_memory_caches()
+    with pytest.raises(BenchError, match="sha256 is"):
+        caches.reference_features(digits, ext, 50, 50, CPU)
+    fidelity.clear_memory_caches()
+
+
 def test_points_have_no_domain_net():
     toy = load_dataset("toy2d", {"n_train": 100, "n_test": 100})
     with pytest.raises(BenchError, match="points"):
