@@ -32,7 +32,7 @@ Adding a metric group is one file plus one import line in ``bench/metrics/__init
         scale: float = 1.0  # multiply the mean by this
 
     class MeanIntensity(Evaluator):
-        \"\"\"Mean pixel intensity of the samples, in [0, 1].\"\"\"
+        '''Mean pixel intensity of the samples, in [0, 1].'''
         name = "mean_intensity"
         Options = MeanIntensityOptions
         needs = frozenset({"samples"})

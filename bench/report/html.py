@@ -230,6 +230,7 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
         main=_table_html(main), likelihood=_table_html(_likelihood_table(summary), index=False),
         full=_table_html(full, index=False), figures=figs, stability_figures=stab_figs,
         stability=_table_html(_stability_table(records, q), index=False),
+        stability_legend=[(n, METRICS.get(n).description) for n in headline(("stability",))],
         samples=_sample_figures(run_dir, records, real_points),
         trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
     )
