@@ -63,7 +63,8 @@ def _space_specs(space: str, headline: bool) -> tuple[MetricSpec, ...]:
 
 
 # Order matters (the report's columns and axis preferences): the domain space, then class and mode
-# coverage, then the Inception space, whose FID and recall head the table only when the domain space is absent.
+# coverage, then the Inception space: its FID is a headline column, and the quality axis when the domain
+# space is absent (unlabelled data); its recall is the coverage axis only when nothing above is present.
 QUALITY_METRICS: tuple[MetricSpec, ...] = (
     *_space_specs("domain", headline=True),
     MetricSpec("classes_covered", "classes", True, role="coverage", headline=True, axis=True,
@@ -84,7 +85,7 @@ QUALITY_METRICS: tuple[MetricSpec, ...] = (
 )
 CLASS_METRICS = ("classes_covered", "class_kl", "classifier_score")
 NO_LABELS = "no labels in the dataset"
-NO_LABELS_DOMAIN = "no labels in the dataset, so no domain classifier; use feature_spaces: [inception]"
+NO_LABELS_DOMAIN = "no labels in the dataset, so no domain classifier (the inception space needs none)"
 
 
 class QualityOptions(EvaluatorOptions):
@@ -233,9 +234,9 @@ def _check_samples(samples: torch.Tensor, ds: Dataset, opts: QualityOptions) -> 
 
 def _space_metric_names(space: str, opts: QualityOptions) -> list[str]:
     """The names ``feature_metrics`` gives for ``space`` under ``opts`` (for reporting them unavailable)."""
-    per = {"fid": ["fid"], "kid": ["kid", "kid_{}_std"], "precision_recall": ["precision", "recall"],
-           "density_coverage": ["density", "coverage"]}
-    return [n.format(space) if "{}" in n else f"{n}_{space}" for m in opts.metrics for n in per.get(m, [])]
+    per = {"fid": ["fid_{}"], "kid": ["kid_{}", "kid_{}_std"], "precision_recall": ["precision_{}", "recall_{}"],
+           "density_coverage": ["density_{}", "coverage_{}"]}
+    return [n.format(space) for m in opts.metrics for n in per.get(m, [])]
 
 
 def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
