@@ -24,7 +24,7 @@ from bench.metrics.base import axis, headline
 from bench.metrics.quality import QualityOptions, evaluate_quality
 from bench.metrics.stability import StabilityEvaluator
 from bench.report import html, tables
-from bench.results import CellRecord, MetricSpec, metric, unavailable
+from bench.results import METRICS, CellRecord, MetricSpec, metric, unavailable
 from bench.runner import run_suite
 from bench.store import RunStore
 from bench.train import TrainResult
@@ -43,8 +43,25 @@ def _docstring_example() -> str:
     return textwrap.dedent(block)
 
 
-if "mean_intensity" not in EVALUATORS:  # one registration per test process: the documented example itself
+def _unlabelled_digits(options: DatasetOptions, cache_dir: Path) -> Dataset:
+    """The digits images without their labels: the convention for unlabelled data is num_classes == 0."""
+    ds = load_dataset("digits")
+    return dataclasses.replace(ds, name="digits_unlabelled", num_classes=0,
+                               train_y=torch.zeros(len(ds.train_x), dtype=torch.long),
+                               test_y=torch.zeros(len(ds.test_x), dtype=torch.long))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """The documented example evaluator and an unlabelled dataset, registered for this module only: other
+    tests print the registries' contents (`choose one of: ...`)."""
+    saved = {reg: dict(reg._items) for reg in (EVALUATORS, METRICS, DATASETS)}
     exec(compile(_docstring_example(), "bench/metrics/base.py (docstring example)", "exec"), {})
+    register_dataset("digits_unlabelled", _unlabelled_digits, DatasetOptions, "digits without labels (tests)")
+    yield
+    for reg, items in saved.items():
+        reg._items.clear()
+        reg._items.update(items)
 
 SUITE = """
 name: plugin
@@ -64,7 +81,7 @@ models:
 
 
 @pytest.fixture(scope="module")
-def plugin_run(tmp_path_factory):
+def plugin_run(registered, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plugin")
     suite = tmp / "plugin.yaml"
     suite.write_text(SUITE)
@@ -183,18 +200,6 @@ def test_stability_reads_the_family_adversarial_attribute():
 
 
 # ----------------------------------------------------------------------------- data without labels
-
-
-def _unlabelled_digits(options: DatasetOptions, cache_dir: Path) -> Dataset:
-    """The digits images without their labels: the convention for unlabelled data is num_classes == 0."""
-    ds = load_dataset("digits")
-    return dataclasses.replace(ds, name="digits_unlabelled", num_classes=0,
-                               train_y=torch.zeros(len(ds.train_x), dtype=torch.long),
-                               test_y=torch.zeros(len(ds.test_x), dtype=torch.long))
-
-
-if "digits_unlabelled" not in DATASETS:
-    register_dataset("digits_unlabelled", _unlabelled_digits, DatasetOptions, "digits without labels (tests)")
 
 
 def test_without_labels_the_domain_space_and_class_coverage_are_unavailable_with_the_reason():

@@ -10,7 +10,9 @@ An evaluator declares, as class attributes, everything the harness needs to know
   info), ``machine_dependent`` (timings: never judged by ``bench compare``), ``headline``
   (a column of the report's summary table for its role) and ``axis`` (a candidate for the
   trilemma axis of its role). The report, ``bench compare``, ``bench list`` and the runner's
-  one-line summary read only this metadata;
+  one-line summary read only this metadata. Names are concrete: a group whose names vary (one per
+  feature space, one per likelihood estimator) builds the tuple in a loop; ``metric()`` refuses a
+  name nobody declared;
 * ``needs``: what it reads from the ``EvalContext``. ``samples`` (the generated evaluation
   samples), ``model`` (the trained model itself, e.g. to time it), ``test_data`` (the test
   split): it runs after training, only for cells that trained without diverging.
