@@ -52,6 +52,15 @@ def _unlabelled_digits(options: DatasetOptions, cache_dir: Path) -> Dataset:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _restore_determinism():
+    """run_suite in this process switches torch's deterministic algorithms on (deterministic: true) and leaves
+    them so for the rest of the run; later tests check the flag."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
 def registered():
     """The documented example evaluator and an unlabelled dataset, registered for this module only: other
     tests print the registries' contents (`choose one of: ...`)."""
