@@ -61,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list() -> int:
-    import bench.metrics  # noqa: F401  (registers every metric)
     from bench.data import DATASETS
     from bench.families import FAMILIES
-    from bench.results import METRICS
+    from bench.metrics import EVALUATORS
+    from bench.registry import describe
 
     print("families:")
     for name, fe in FAMILIES.items():
@@ -72,10 +72,17 @@ def _cmd_list() -> int:
     print("datasets:")
     for name, de in DATASETS.items():
         print(f"  {name:<16} {de.description}")
-    print("metrics:")
-    for name, m in METRICS.items():
-        arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
-        print(f"  {name:<28} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
+    print("evaluators (eval.metrics; options in eval.<name>) and their metrics:")
+    for name, cls in EVALUATORS.in_order():
+        needs = ", ".join(sorted(cls.needs)) or "spent budget"
+        options = ", ".join(cls.Options.model_fields) or "-"
+        print(f"  {name}{' (always)' if cls.always else ''}: {describe(cls)}")
+        print(f"    needs: {needs}; options: {options}")
+        for m in cls.metrics:
+            arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
+            flags = " ".join(f for f, on in (("headline", m.headline), ("axis", m.axis),
+                                             ("machine-dependent", m.machine_dependent)) if on)
+            print(f"    {m.name:<26} {m.role:<10} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind:<11} {flags}".rstrip())
     return 0
 
 
@@ -118,7 +125,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return compare.main(args.baseline, args.current, args.summary, args.quiet)
 
-    import bench.metrics  # noqa: F401
     from bench.config import load_suite
     from bench.runner import run_suite
 

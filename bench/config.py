@@ -11,7 +11,7 @@ Family options and dataset options are validated by the family's / dataset's own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,8 +20,7 @@ from bench.engine import TrainSettings, resolve_settings
 from bench.errors import BenchError
 
 from bench.compare import CompareOptions
-
-from bench.metrics.quality import QualityOptions
+from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
 
 
 class _Strict(BaseModel):
@@ -53,31 +52,29 @@ class Budget(_Strict):
         return f"{value:g}{'s' if unit == 'seconds' else unit}"
 
 
-class SpeedConfig(_Strict):
-    """Sampling speed: the median of timed ``sample(batch_size)`` calls. When the evaluation samples
-    were generated in at least ``warmup + repeats`` full batches, those timings are used."""
+class EvalConfig(BaseModel):
+    """What is measured after training. ``metrics`` names registered evaluators (``bench list``); each
+    evaluator's options sit in a block under its own name (``quality: {...}``, ``speed: {...}``), checked
+    against its ``Options`` model; any other key is an error. The rest are settings shared by the harness."""
 
-    batch_size: int = Field(500, gt=0)  # samples per sample() call (also the batch of evaluation sampling)
-    repeats: int = Field(3, gt=0)  # timed calls at least; the median is reported
-    warmup: int = Field(1, ge=0)  # untimed calls first (allocator, lazy init, cudnn autotune)
-
-
-class EvalConfig(_Strict):
-    metrics: list[Literal["likelihood", "quality", "speed", "stability"]] = [
-        "likelihood",
-        "quality",
-        "speed",
-        "stability",
-    ]  # which metric groups to compute
-    n_samples: int = Field(10000, gt=0)  # generated samples per cell for quality metrics (and saved)
+    model_config = ConfigDict(extra="allow")  # the evaluator option blocks; _check_eval rejects anything else
+    metrics: list[str] = ["likelihood", "quality", "speed", "stability"]  # evaluators to run (cost always runs)
+    n_samples: int = Field(10000, gt=0)  # generated samples per cell for sample-based metrics (and saved)
     likelihood_examples: int | None = Field(None, gt=0)  # test examples for likelihoods; None = the whole test split
     likelihood_batch_size: int = Field(500, gt=0)  # test examples per log_likelihood call
     save_samples: bool = True  # keep the evaluated samples as uint8 .npz in the run directory
-    speed: SpeedConfig = SpeedConfig()  # sampling-speed protocol
-    quality: QualityOptions = QualityOptions()  # feature spaces, metrics, reference counts
     snapshot_every: int | None = Field(None, gt=0)  # cheap quality snapshot every N steps (stability); None = off
     snapshot_samples: int = Field(500, gt=0)  # samples per snapshot
     explode_factor: float | None = Field(1e4, gt=1)  # a loss this many times its early scale counts as diverged
+
+    def options(self, name: str) -> EvaluatorOptions:
+        """The validated options of evaluator ``name`` (its block, or its defaults)."""
+        return EVALUATORS.get(name).Options.model_validate((self.model_extra or {}).get(name) or {})
+
+    def evaluators(self) -> list[Evaluator]:
+        """The evaluators a cell runs, with their options: those named in ``metrics`` plus those that always
+        run, in registration order (the order of their metrics in records and reports)."""
+        return [cls(self.options(name)) for name, cls in EVALUATORS.in_order() if cls.always or name in self.metrics]
 
 
 class DatasetConfig(BaseModel):
@@ -278,6 +275,7 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         dentry.options(**cfg.dataset.options)
     except ValidationError as e:
         _raise_from(e, source, lines, ("dataset",), ", ".join(dentry.options.model_fields))
+    _check_eval(cfg.eval, source, lines, fail)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         if m.name in seen:
@@ -290,6 +288,34 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
             cls.Options(**m.options)
         except ValidationError as e:
             _raise_from(e, source, lines, ("models", i, "options"), ", ".join(cls.Options.model_fields))
+
+
+def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Callable[[tuple, str], None]) -> None:
+    """``eval.metrics`` names registered evaluators; every other unknown key is an evaluator's option block.
+
+    Each block is validated by its evaluator's ``Options`` (with the line of the offending key) and replaced by
+    its resolved form, so the run directory's suite.yaml shows every option as it was used.
+    """
+    choices = ", ".join(EVALUATORS.names())
+    for i, name in enumerate(ev.metrics):
+        if name not in EVALUATORS:
+            fail(("eval", "metrics", i), f"unknown evaluator {name!r}; choose one of: {choices}")
+    if len(set(ev.metrics)) < len(ev.metrics):
+        fail(("eval", "metrics"), f"an evaluator appears twice: {', '.join(ev.metrics)}")
+    blocks = ev.model_extra if ev.model_extra is not None else {}
+    for key in list(blocks):
+        if key not in EVALUATORS:
+            accepted = ", ".join([*EvalConfig.model_fields, *EVALUATORS.names()])
+            fail(("eval", key), f"unknown key; accepted keys: {accepted}")
+    for name, cls in EVALUATORS.in_order():
+        if name not in blocks and name not in ev.metrics:
+            continue
+        try:
+            opts = cls.Options.model_validate(blocks.get(name) or {})
+        except ValidationError as e:
+            _raise_from(e, source, lines, ("eval", name), ", ".join(cls.Options.model_fields))
+        if cls.Options.model_fields:
+            blocks[name] = opts.model_dump(mode="json")
 
 
 def load_suite(path: str | Path) -> SuiteConfig:

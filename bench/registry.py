@@ -48,6 +48,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def in_order(self) -> list[tuple[str, T]]:
+        """Entries in registration order (where order means something: evaluators run and report in it)."""
+        return list(self._items.items())
+
 
 def describe(obj: Any) -> str:
     """First line of an object's docstring, for `bench list`."""

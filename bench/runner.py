@@ -26,7 +26,9 @@ from bench.config import Budget, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
-from bench.results import CellRecord, Metric, cell_id, metric
+from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
+from bench.metrics.base import EvalContext, axis
+from bench.results import CellRecord, cell_id
 from bench.engine import TrainSettings
 from bench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from bench.store import RunStore, latest_run_dir, new_run_dir
@@ -167,36 +169,31 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
     budget_asked = cell.budget.as_dict()
     rec = CellRecord(cfg.name, run_id, m.name, m.family, cell.seed, "ok", budget_asked, {}, [],
                      options={}, environment={"device": env["device"]})
+    evaluators = cfg.eval.evaluators()
     try:
         if m.checkpoint:
             model = load_checkpoint((suite_dir / m.checkpoint).resolve(), m, spec, device)
             spent = Spent(0.0, 0, 0, 0.0, model.num_parameters(), 0.0, loaded_from=m.checkpoint)
+            ctx = EvalContext(model, ds, cfg.eval, device, cell.seed)
             result = TrainResult("ok", spent, _empty_log(), watched=model.watched_loss)
         else:
             model = build_model(m, spec, cell.seed, device)
-            snapshot_fn = None
-            if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
-                from bench.metrics.stability import snapshot_fn_for
-
-                snapshot_fn = snapshot_fn_for(ds, device, cfg.eval.snapshot_samples, cell.seed)
-            ctx = TrainContext(cell.budget, cell.batch_size, cell.seed, device, cell.train,
-                               snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn,
-                               nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
-                               progress=progress, label=cell.id)
-            result = train(model, train_ds, ctx)
+            ctx = EvalContext(model, ds, cfg.eval, device, cell.seed)
+            tctx = TrainContext(cell.budget, cell.batch_size, cell.seed, device, cell.train,
+                                snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn(evaluators, ctx),
+                                nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
+                                progress=progress, label=cell.id)
+            result = train(model, train_ds, tctx)
+            ctx.train = result
             log_path = store.path("logs", cell.id, "csv")
             atomic_write_text(log_path, result.log.to_csv(index=False))
             rec.artifacts["log"] = str(log_path.relative_to(store.dir))
+        ctx.spent = result.spent.as_record()
         rec.options = model.options.model_dump()
         rec.train = result.settings.model_dump() if result.settings is not None else {}
         rec.spent = result.spent.as_record()
-        rec.metrics += _cost_metrics(result.spent)
-        if "stability" in cfg.eval.metrics and not m.checkpoint:
-            from bench.metrics.stability import loss_curves, training_stability
-
-            rec.metrics += training_stability(result, type(model).adversarial)
-            rec.curves["snapshots"] = result.snapshots
-            rec.curves["losses"] = loss_curves(result.log)
+        rec.curves = ctx.curves  # evaluators add their series (losses, snapshots) here
+        rec.metrics += run_training_evaluators(evaluators, ctx)
         if result.status == "diverged":
             rec.status, rec.diverged_at, rec.error = "diverged", result.diverged_at, result.reason
             return rec
@@ -204,15 +201,12 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
             ck = store.path("checkpoints", cell.id, "pt")
             save_checkpoint(ck, model, m, spec, result.optimizers)
             rec.artifacts["checkpoint"] = str(ck.relative_to(store.dir))
-        from bench.evaluate import evaluate
-
         t0 = time.perf_counter()
-        metrics, samples = evaluate(model, ds, cfg.eval, device, cell.seed, progress)
+        rec.metrics += run_model_evaluators(evaluators, ctx, cfg.eval)
         rec.spent["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        rec.metrics += metrics
-        if cfg.eval.save_samples and samples is not None:
+        if cfg.eval.save_samples and ctx.samples is not None:
             sp = store.path("samples", cell.id, "npz")
-            _save_samples(sp, samples)
+            _save_samples(sp, ctx.samples)
             rec.artifacts["samples"] = str(sp.relative_to(store.dir))
     except BenchError:
         raise  # the user's to fix (missing data, bad checkpoint): stop the run with the message
@@ -229,13 +223,6 @@ def _empty_log():
     import pandas as pd
 
     return pd.DataFrame({"step": []})
-
-
-def _cost_metrics(spent: Spent) -> list[Metric]:
-    out = [metric("params", spent.params), metric("train_seconds", round(spent.seconds, 4))]
-    if spent.steps_per_second is not None:
-        out.append(metric("train_steps_per_s", spent.steps_per_second))
-    return out
 
 
 def _save_samples(path: Path, samples: torch.Tensor) -> None:
@@ -347,6 +334,7 @@ def run_suite(
 
 
 def _headline(rec: CellRecord) -> str:
-    keys = ["fid_domain", "nll_bpd_exact", "nll_bpd_iwae", "nll_bpd_elbo", "samples_per_s", "modes_covered"]
-    parts = [f"{m.name}={m.value:.4g}" for k in keys for m in rec.metrics if m.name == k and m.value is not None]
-    return ", ".join(parts)
+    """One line per finished cell: the metric standing for quality, coverage, likelihood and speed (their axes)."""
+    values = {m.name: m.value for m in rec.metrics if m.value is not None}
+    names = [axis(role, set(values)) for role in ("quality", "coverage", "likelihood", "speed")]
+    return ", ".join(f"{n}={values[n]:.4g}" for n in names if n)

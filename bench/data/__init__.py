@@ -62,6 +62,11 @@ class Dataset:
     def dim(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def has_labels(self) -> bool:
+        """False for unlabelled data (``num_classes == 0``): no domain classifier, no class coverage."""
+        return self.num_classes > 0
+
     def class_frequencies(self) -> torch.Tensor:
         """Share of each class in the training split, (num_classes,)."""
         counts = torch.bincount(self.train_y, minlength=self.num_classes).double()

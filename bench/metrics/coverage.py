@@ -6,14 +6,14 @@
 * mode coverage on toy2d, from the known mixture (the protocol of VEEGAN, Srivastava et al.
   2017, and PacGAN, Lin et al. 2018: a sample is high quality within 3 std of a mode).
 
-FID, KID and precision/recall come from torch-fidelity (``bench.metrics.quality``).
+FID, KID and precision/recall come from torch-fidelity; the quality evaluator
+(``bench.metrics.quality``) declares every metric name and calls these functions.
 """
 from __future__ import annotations
 
 import torch
 
 from bench.data import Mixture
-from bench.results import register_metric
 
 # A class (toy2d: a mode) counts as covered when it receives at least this fraction of its
 # expected share of the samples: with 10,000 MNIST samples a digit needs >= 20% of ~1,000.
@@ -21,26 +21,6 @@ from bench.results import register_metric
 # over the other nine classes stay well below it) and far below a healthy model's share.
 MIN_SHARE = 0.2
 N_STD = 3.0  # toy2d: high quality = within N_STD standard deviations of the nearest mode
-
-for _space in ("domain", "inception"):
-    register_metric(f"density_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Density (Naeem et al. 2020, k=5) in the {_space} feature space: mean count of real "
-                                f"k-NN balls holding each sample, over k; 1 when samples match the data, >1 when clumped")
-    register_metric(f"coverage_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Coverage (Naeem et al. 2020, k=5) in the {_space} feature space: share of real "
-                                f"points whose k-NN ball holds at least one sample")
-register_metric("classes_covered", unit="classes", higher_is_better=True, group="quality",
-                description="Classes that get at least 20% of their expected share of samples (domain classifier)")
-register_metric("class_kl", unit="nats", higher_is_better=False, group="quality",
-                description="KL(predicted class histogram of samples || class frequencies of the data)")
-register_metric("classifier_score", unit="", higher_is_better=True, group="quality",
-                description="Inception-Score formula on the domain classifier: exp E[KL(p(y|x) || p(y))], 10 splits")
-register_metric("modes_covered", unit="modes", higher_is_better=True, group="quality",
-                description="toy2d: mixture modes that get at least 20% of their expected share of high-quality samples")
-register_metric("high_quality_share", unit="", higher_is_better=True, group="quality",
-                description="toy2d: share of samples within 3 std of the nearest mode (real data: ~0.989 in 2-D)")
-register_metric("mode_kl", unit="nats", higher_is_better=False, group="quality",
-                description="toy2d: KL(histogram of high-quality samples over modes || uniform)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,58 +1,96 @@
-"""Sample quality and diversity: FID, KID, precision/recall, density/coverage, class and mode coverage.
+"""The quality evaluator: FID, KID, precision/recall, density/coverage, class and mode coverage.
 
-``evaluate_quality`` is the evaluator's entry point. Per requested feature space it extracts
-the samples' features once (``bench.metrics.features.extract``), reads the real test-split
-reference features from the disk cache, and computes every requested metric from those two
-feature sets: FID, KID and precision/recall with torch-fidelity's own functions (the same
-code ``torch_fidelity.calculate_metrics`` runs after its own feature pass), density/coverage
-and class/mode coverage with ``bench.metrics.coverage``. Metric names carry their feature
-space (``fid_domain``, ``fid_inception``); every metric's ``params`` record the sample counts.
+``QualityEvaluator`` reads the cell's generated samples. Per requested feature space it
+extracts the samples' features once (``bench.metrics.fidelity``), reads the real test-split
+reference features from the disk cache (``bench.metrics.caches``), and computes every
+requested metric from those two feature sets: FID, KID and precision/recall with
+torch-fidelity's own functions (the same code ``torch_fidelity.calculate_metrics`` runs after
+its own feature pass), density/coverage and class/mode coverage with ``bench.metrics.coverage``.
+Metric names carry their feature space (``fid_domain``, ``fid_inception``); every metric's
+``params`` record the sample counts.
 
-``quick_quality`` is the cheap snapshot for quality-over-training curves.
+On a dataset without labels there is no domain classifier: the domain-space and class-coverage
+metrics are reported unavailable with the reason, and the Inception space (if requested) is the
+quality space. ``quick_quality`` is the cheap snapshot for quality-over-training curves.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.metrics import coverage
+from bench.metrics.caches import reference_features, update_reference
+from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
 from bench.metrics.inception import UNAVAILABLE_IS
-from bench.results import Metric, metric, register_metric
+from bench.results import Metric, MetricSpec, metric, unavailable
 
-# torch-fidelity (and bench.metrics.features, which builds on it) imports torchvision: ~2.5 s. They are
+# torch-fidelity (and bench.metrics.fidelity, which builds on it) imports torchvision: ~2.5 s. They are
 # imported where metrics are computed, so `bench list`, `validate` and `compare` start in about 3 s.
 if TYPE_CHECKING:
-    from bench.metrics.features import Extractor
+    from bench.metrics.fidelity import Extractor
 
 FeatureSpace = Literal["domain", "inception"]
 QualityMetric = Literal["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
 ALL_METRICS: list[QualityMetric] = ["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
 
-_SPACE_TEXT = {"domain": "the domain classifier's feature space", "inception": "the standard FID Inception-v3 pool3 space"}
-for _space, _text in _SPACE_TEXT.items():
-    register_metric(f"fid_{_space}", unit="", higher_is_better=False, group="quality",
-                    description=f"Fréchet distance (Heusel et al. 2017) between Gaussian fits in {_text}")
-    register_metric(f"kid_{_space}", unit="", higher_is_better=False, group="quality",
-                    description=f"Kernel Inception Distance (Bińkowski et al. 2018, cubic kernel, mean over subsets) in {_text}")
-    register_metric(f"kid_{_space}_std", unit="", higher_is_better=None, group="quality",
-                    description=f"Standard deviation of KID over its subsets in {_text}")
-    register_metric(f"precision_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Improved precision (Kynkäänniemi et al. 2019, k=3): share of samples inside the real manifold, {_text}")
-    register_metric(f"recall_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Improved recall (Kynkäänniemi et al. 2019, k=3): share of real data inside the sample manifold, {_text}")
-register_metric("inception_score", unit="", higher_is_better=True, group="quality",
-                description="Inception Score (Salimans et al. 2016); unavailable with the offline FID weights (no logits)")
+
+def _space_specs(space: str, headline: bool) -> tuple[MetricSpec, ...]:
+    """The feature-based metrics of one space. Declaration order is the report's column order."""
+    text = {"domain": "the domain classifier's feature space", "inception": "the standard FID Inception-v3 pool3 space"}[space]
+    return (
+        MetricSpec(f"fid_{space}", "", False, role="quality", headline=True, axis=True,
+                   description=f"Fréchet distance (Heusel et al. 2017) between Gaussian fits in {text}"),
+        MetricSpec(f"kid_{space}", "", False, role="quality", headline=headline,
+                   description=f"Kernel Inception Distance (Bińkowski et al. 2018, cubic kernel, mean over subsets) in {text}"),
+        MetricSpec(f"kid_{space}_std", "", None, role="info",
+                   description=f"Standard deviation of KID over its subsets in {text}"),
+        MetricSpec(f"precision_{space}", "", True, role="quality", headline=headline,
+                   description=f"Improved precision (Kynkäänniemi et al. 2019, k=3): share of samples inside the real manifold, {text}"),
+        MetricSpec(f"recall_{space}", "", True, role="coverage", headline=headline, axis=True,
+                   description=f"Improved recall (Kynkäänniemi et al. 2019, k=3): share of real data inside the sample manifold, {text}"),
+        MetricSpec(f"density_{space}", "", True, role="quality", headline=headline,
+                   description=f"Density (Naeem et al. 2020, k=5) in {text}: mean count of real k-NN balls holding each "
+                               f"sample, over k; 1 when samples match the data, >1 when clumped"),
+        MetricSpec(f"coverage_{space}", "", True, role="coverage", headline=headline, axis=headline,
+                   description=f"Coverage (Naeem et al. 2020, k=5) in {text}: share of real points whose k-NN ball holds "
+                               f"at least one sample"),
+    )
 
 
-class QualityOptions(BaseModel):
+# Order matters (the report's columns and axis preferences): the domain space, then class and mode
+# coverage, then the Inception space: its FID is a headline column, and the quality axis when the domain
+# space is absent (unlabelled data); its recall is the coverage axis only when nothing above is present.
+QUALITY_METRICS: tuple[MetricSpec, ...] = (
+    *_space_specs("domain", headline=True),
+    MetricSpec("classes_covered", "classes", True, role="coverage", headline=True, axis=True,
+               description="Classes that get at least 20% of their expected share of samples (domain classifier)"),
+    MetricSpec("class_kl", "nats", False, role="coverage",
+               description="KL(predicted class histogram of samples || class frequencies of the data)"),
+    MetricSpec("classifier_score", "", True, role="quality",
+               description="Inception-Score formula on the domain classifier: exp E[KL(p(y|x) || p(y))], 10 splits"),
+    MetricSpec("modes_covered", "modes", True, role="coverage", headline=True, axis=True,
+               description="toy2d: mixture modes that get at least 20% of their expected share of high-quality samples"),
+    MetricSpec("high_quality_share", "", True, role="quality", headline=True,
+               description="toy2d: share of samples within 3 std of the nearest mode (real data: ~0.989 in 2-D)"),
+    MetricSpec("mode_kl", "nats", False, role="coverage",
+               description="toy2d: KL(histogram of high-quality samples over modes || uniform)"),
+    *_space_specs("inception", headline=False),
+    MetricSpec("inception_score", "", True, role="quality",
+               description="Inception Score (Salimans et al. 2016); unavailable with the offline FID weights (no logits)"),
+)
+CLASS_METRICS = ("classes_covered", "class_kl", "classifier_score")
+NO_LABELS = "no labels in the dataset"
+NO_LABELS_DOMAIN = "no labels in the dataset, so no domain classifier (the inception space needs none)"
+
+
+class QualityOptions(EvaluatorOptions):
     """Sample-quality evaluation options (the suite's ``eval.quality``)."""
 
-    model_config = ConfigDict(extra="forbid")
     feature_spaces: list[FeatureSpace] = ["domain"]  # "inception" is ~7 img/s on a 2-core CPU: GPU suites
     metrics: list[QualityMetric] = list(ALL_METRICS)  # class_coverage means mode coverage on toy2d
     n_reference: int = Field(10_000, ge=2)  # real test-split images used as reference (capped at the split size)
@@ -86,8 +124,6 @@ def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
     """torch-fidelity's {mu, sigma} of the reference, computed once and cached as tensors (weights_only loads)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    from bench.metrics.features import update_reference
-
     if "fid_mu" not in ref:
         stats = fid_features_to_statistics(ref["features"])
         update_reference(ref, fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
@@ -95,8 +131,6 @@ def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
-    from bench.metrics.features import update_reference
-
     key = f"knn_radii_k{k}"
     if key not in ref:
         update_reference(ref, **{key: coverage.knn_radii(ref["features"], k)})
@@ -198,16 +232,25 @@ def _check_samples(samples: torch.Tensor, ds: Dataset, opts: QualityOptions) -> 
         raise BenchError(f"dataset {ds.name!r} has points, not images: remove 'inception' from eval.quality.feature_spaces")
 
 
+def _space_metric_names(space: str, opts: QualityOptions) -> list[str]:
+    """The names ``feature_metrics`` gives for ``space`` under ``opts`` (for reporting them unavailable)."""
+    per = {"fid": ["fid_{}"], "kid": ["kid_{}", "kid_{}_std"], "precision_recall": ["precision_{}", "recall_{}"],
+           "density_coverage": ["density_{}", "coverage_{}"]}
+    return [n.format(space) for m in opts.metrics for n in per.get(m, [])]
+
+
 def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
     """Every requested quality metric of ``samples`` against ``dataset``'s test split.
 
     samples: uint8 (N, C, H, W) images, or float (N, D) points for toy2d. Features are
-    extracted once per feature space; reference features come from the disk cache.
+    extracted once per feature space; reference features come from the disk cache. Without
+    labels the domain space and class coverage are reported unavailable, with the reason.
     """
-    from bench.metrics.features import domain_extractor, extract, inception_extractor, reference_features
+    from bench.metrics.fidelity import domain_extractor, inception_extractor
 
     _check_samples(samples, dataset, options)
     opts = options
+    no_classifier = dataset.kind == "image" and not dataset.has_labels
     feature_based = [m for m in opts.metrics if m != "class_coverage"]
     out: list[Metric] = []
     domain_logits: torch.Tensor | None = None
@@ -216,6 +259,9 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
         wants_logits = space == "domain" and dataset.kind == "image" and "class_coverage" in opts.metrics
         if not feature_based and not wants_logits:
             continue  # e.g. only class_coverage with the inception space: no Inception pass at all
+        if space == "domain" and no_classifier:
+            out += [unavailable(n, NO_LABELS_DOMAIN) for n in _space_metric_names(space, opts)]
+            continue
         if space == "domain":
             ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
             x, bs, n_ref = samples, opts.batch_size, opts.n_reference
@@ -223,7 +269,7 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
             ext = inception_extractor(device)
             cap = opts.inception_max_samples or len(samples)
             x, bs, n_ref = samples[:cap], opts.inception_batch_size, min(opts.n_reference, cap)
-        gen = extract(ext, x, bs, device)  # the one feature pass over this sample set
+        gen = ext.extract(x, bs, device)  # the one feature pass over this sample set
         if "logits" in gen:
             domain_logits, domain_key = gen["logits"], ext.key
         if feature_based:
@@ -232,10 +278,12 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
     if "class_coverage" in opts.metrics:
         if dataset.kind == "points":
             out += mode_metrics(samples.float(), dataset, opts)
+        elif no_classifier:
+            out += [unavailable(n, NO_LABELS) for n in CLASS_METRICS]
         else:
             if domain_logits is None:  # only the inception space was asked for: the classifier is still the domain net
                 ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
-                domain_logits, domain_key = extract(ext, samples, opts.batch_size, device)["logits"], ext.key
+                domain_logits, domain_key = ext.extract(samples, opts.batch_size, device)["logits"], ext.key
             out += class_metrics(domain_logits, dataset, opts, domain_key)
     if "inception" in opts.feature_spaces:
         n_is = min(len(samples), opts.inception_max_samples or len(samples))
@@ -250,12 +298,12 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     FID statistics), so a call costs one forward pass over ``samples`` plus a 128-d FID.
     FID of a small sample is biased upwards (see docs/metrics.md): compare curves at equal N.
     """
-    from bench.metrics.features import domain_extractor, extract, reference_features
+    from bench.metrics.fidelity import domain_extractor
 
     opts = QualityOptions()
     _check_samples(samples, dataset, QualityOptions(pr_k=1, dc_k=1))
     ext = domain_extractor(dataset, device)
-    gen = extract(ext, samples, opts.batch_size, device)
+    gen = ext.extract(samples, opts.batch_size, device)
     ref = reference_features(dataset, ext, opts.n_reference, opts.batch_size, device)
     with one_blas_thread():
         out = {"fid_domain": fid_from_features(gen["features"], ref)}
@@ -265,3 +313,19 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     else:
         out["classes_covered"] = coverage.class_coverage(gen["logits"], dataset.class_frequencies())["classes_covered"]
     return out
+
+
+class QualityEvaluator(Evaluator):
+    """Sample quality and diversity: FID, KID, precision/recall, density/coverage, class/mode coverage."""
+
+    name = "quality"
+    Options = QualityOptions
+    needs = frozenset({"samples"})
+    metrics = QUALITY_METRICS
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        assert ctx.samples is not None  # the harness generates them for evaluators that need samples
+        return evaluate_quality(ctx.samples, ctx.dataset, self.options, ctx.device)
+
+
+register_evaluator("quality", QualityEvaluator)
