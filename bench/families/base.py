@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from bench.registry import Registry
+from bench.registry import Registry, check_class, describe
 
 LikelihoodKind = Literal["exact", "lower_bound", "estimate", "none"]
 
@@ -71,6 +71,9 @@ class GenerativeModel(nn.Module):
     Options: ClassVar[type[FamilyOptions]] = FamilyOptions
     likelihood_kind: ClassVar[LikelihoodKind] = "none"  # what log_likelihood gives
     conditional_capable: ClassVar[bool] = False
+    # What a family class must define itself; bench.registry.check_class refuses a class from outside bench
+    # (import path or entry point) that leaves one of these at the base's value. Adapt when the contract changes.
+    required: ClassVar[tuple[str, ...]] = ("family", "training_step", "sample")
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()
@@ -149,7 +152,13 @@ class FamilyEntry:
     description: str
 
 
-FAMILIES: Registry[FamilyEntry] = Registry("family")
+def _external_family(obj: object, where: str) -> FamilyEntry:
+    """A family named by import path or entry point: checked against the interface, like a built-in."""
+    cls = check_class(obj, GenerativeModel, where, "family")
+    return FamilyEntry(cls, describe(cls))
+
+
+FAMILIES: Registry[FamilyEntry] = Registry("family", group="bench.families", adapt=_external_family)
 
 
 def register_family(name: str, cls: type[GenerativeModel]) -> type[GenerativeModel]:
