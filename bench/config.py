@@ -83,7 +83,7 @@ class DatasetConfig(BaseModel):
     """``dataset: mnist`` or ``dataset: {name: mnist, <dataset options>}``."""
 
     model_config = ConfigDict(extra="allow")  # the rest is the dataset's own options, checked against its Options model
-    name: str  # a registered dataset (see `bench list`)
+    name: str  # a registered dataset (see `bench list`), an import path package.module:Class, or an entry point
 
     @property
     def options(self) -> dict[str, Any]:
@@ -96,7 +96,7 @@ class DebugConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique within the suite; used in file names
-    family: str  # a registered family (see `bench list`)
+    family: str  # a registered family (see `bench list`), an import path package.module:Class, or an entry point
     options: dict[str, Any] = {}  # the family's options (validated by the family's Options model)
     budget: Budget | None = None  # overrides the suite budget for this model
     batch_size: int | None = Field(None, gt=0)  # overrides the suite batch size
@@ -260,9 +260,10 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         fail(("budget",), "required field is missing (or give budgets: for a sweep)")
     if cfg.budgets is not None and len({b.label for b in cfg.budgets}) < len(cfg.budgets):
         fail(("budgets",), f"the same budget appears twice: {', '.join(b.label for b in cfg.budgets)}")
-    if cfg.dataset.name not in DATASETS:
-        fail(("dataset", "name"), f"unknown dataset {cfg.dataset.name!r}; choose one of: {', '.join(DATASETS.names())}")
-    dentry = DATASETS.get(cfg.dataset.name)
+    try:  # a registered name, an import path or an installed entry point (bench.registry)
+        dentry = DATASETS.get(cfg.dataset.name)
+    except BenchError as e:
+        fail(("dataset", "name"), str(e))
     try:
         dentry.options(**cfg.dataset.options)
     except ValidationError as e:
@@ -272,9 +273,10 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         if m.name in seen:
             fail(("models", i, "name"), f"model name {m.name!r} appears twice; names must be unique")
         seen.add(m.name)
-        if m.family not in FAMILIES:
-            fail(("models", i, "family"), f"unknown family {m.family!r}; choose one of: {', '.join(FAMILIES.names())}")
-        cls = FAMILIES.get(m.family).cls
+        try:
+            cls = FAMILIES.get(m.family).cls
+        except BenchError as e:
+            fail(("models", i, "family"), str(e))
         try:
             cls.Options(**m.options)
         except ValidationError as e:
