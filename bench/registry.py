@@ -66,9 +66,9 @@ class Registry(Generic[T]):
         if name in self._resolved:
             return self._resolved[name]
         if self._adapt is not None and ":" in name:
-            entry = self._adapt(import_object(name, self.kind), name)
+            entry = self._adapt(import_object(name, self.kind), repr(name))
         elif self._adapt is not None and self.group is not None and (ep := self._entry_point(name)) is not None:
-            where = f"{name} (entry point {ep.value!r} in group {self.group} of {_dist_name(ep)})"
+            where = f"{name!r} (entry point {ep.value!r} in group {self.group} of {_dist_name(ep)})"
             entry = self._adapt(_load_entry_point(ep, self.kind, where), where)
         else:
             raise BenchError(self._unknown(name))
