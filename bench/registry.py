@@ -110,6 +110,10 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
 
+    def in_order(self) -> list[tuple[str, T]]:
+        """Built-ins in registration order, then what was resolved from outside bench, in the order it was."""
+        return [*self._items.items(), *self._resolved.items()]
+
     def names(self) -> list[str]:
         """Built-in names and the names installed packages declare in the entry-point group."""
         return sorted(set(self._items) | set(self.entry_points()))
@@ -161,18 +165,19 @@ def check_class(obj: Any, base: type, where: str, kind: str) -> type:
     """``obj`` as a class that implements ``base``'s interface, or a one-line BenchError naming what is missing.
 
     The interface is ``base.required``: names a subclass must define itself (methods it must
-    override, class attributes it must set). A name still holding the base class's value, or
-    unset, or empty, counts as missing. When ``base`` has an ``Options`` class (a pydantic
-    model), the subclass's ``Options`` must derive from it.
+    override, class attributes it must set); ``"loss|training_step"`` asks for either. A name still
+    holding the base class's value, or unset, or empty, counts as missing. When ``base`` has an
+    ``Options`` class (a pydantic model), the subclass's ``Options`` must derive from it.
     """
     if not (isinstance(obj, type) and issubclass(obj, base)):
         what = f"class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
         raise BenchError(f"{kind} {where}: is {what}, not a subclass of {base.__module__}.{base.__qualname__}")
     required: tuple[str, ...] = getattr(base, "required", ())
-    missing = [n for n in required if _missing(obj, base, n)]
+    missing = [n for n in required if all(_missing(obj, base, alt) for alt in n.split("|"))]
     if missing:
-        raise BenchError(f"{kind} {where}: {obj.__qualname__} does not define {', '.join(missing)} "
-                         f"(a {kind} defines: {', '.join(required)})")
+        names = [n.replace("|", " or ") for n in missing]
+        raise BenchError(f"{kind} {where}: {obj.__qualname__} does not define {', '.join(names)} "
+                         f"(a {kind} defines: {', '.join(n.replace('|', ' or ') for n in required)})")
     base_options = getattr(base, "Options", None)
     if isinstance(base_options, type):
         options = getattr(obj, "Options", None)

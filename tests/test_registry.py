@@ -3,7 +3,9 @@ distribution declares in an entry-point group; anything that does not fit the in
 naming what is missing, and ``bench validate`` reports it at the suite's file and line."""
 from __future__ import annotations
 
+import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,43 @@ def test_validate_cli_prints_one_line(plugin, tmp_path, write_suite):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and f"{suite}:5: models[0].family:" in proc.stderr, proc.stderr
     assert "does not define sample" in proc.stderr
+
+
+def test_required_alternatives_and_resolution_order(monkeypatch):
+    class Base:
+        required = ("name", "loss|training_step")
+        name = ""
+
+        def loss(self):
+            raise NotImplementedError
+
+        def training_step(self):
+            raise NotImplementedError
+
+    class ByLoss(Base):
+        name = "a"
+
+        def loss(self):
+            return 0
+
+    class ByStep(Base):
+        name = "b"
+
+        def training_step(self):
+            return 0
+
+    class Neither(Base):
+        name = "c"
+
+    assert check_class(ByLoss, Base, "x", "thing") is ByLoss and check_class(ByStep, Base, "x", "thing") is ByStep
+    with pytest.raises(BenchError, match=r"Neither does not define loss or training_step \(a thing defines: name, "
+                                         r"loss or training_step\)"):
+        check_class(Neither, Base, "x", "thing")
+    r: Registry[type] = Registry("thing", adapt=lambda obj, where: check_class(obj, Base, where, "thing"))
+    r.register("builtin", ByLoss)
+    mod = types.ModuleType("byo_order_mod")
+    mod.B, mod.A = ByStep, ByLoss
+    monkeypatch.setitem(sys.modules, "byo_order_mod", mod)
+    r.get("byo_order_mod:B")
+    r.get("byo_order_mod:A")
+    assert [n for n, _ in r.in_order()] == ["builtin", "byo_order_mod:B", "byo_order_mod:A"]
