@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.registry import Registry
 
 
 def _seeds(text: str) -> list[int]:
@@ -69,14 +70,24 @@ def _cmd_list() -> int:
     print("families:")
     for name, fe in FAMILIES.items():
         print(f"  {name:<16} likelihood={fe.cls.likelihood_kind:<12} {fe.description}")
+    _list_plugins(FAMILIES)
     print("datasets:")
     for name, de in DATASETS.items():
         print(f"  {name:<16} {de.description}")
+    _list_plugins(DATASETS)
     print("metrics:")
     for name, m in METRICS.items():
         arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
         print(f"  {name:<28} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
     return 0
+
+
+def _list_plugins(registry: Registry) -> None:
+    """Names installed packages declare in the registry's entry-point group (listed, not imported)."""
+    for name, ep in sorted(registry.entry_points().items()):
+        if name not in registry:
+            dist = f" from {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+            print(f"  {name:<16} plugin {ep.value}{dist}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
