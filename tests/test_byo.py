@@ -200,3 +200,18 @@ def test_example_metric_by_entry_point_and_import_path(example_env, tmp_path, wr
     by_path = run_example(write_suite, example_env, tmp_path / "path", validate_only=True,
                           metrics="[likelihood, 'bench_example.metric:MeanBrightness']")
     assert by_path.returncode == 0, by_path.stderr
+
+
+@pytest.mark.slow
+def test_domain_feature_space_on_colour_32px(colour_npz, tmp_path, write_suite):
+    """The domain classifier trains on 3x32x32 colour data (about a minute on a busy 2-core CPU) and the
+    quality metrics read it: real shapes are told apart, so the classifier passes its accuracy floor."""
+    text = (f"name: colour-quality\ndataset: {{name: npz, path: {colour_npz}}}\nbudget: {{steps: 3}}\nbatch_size: 16\n"
+            "threads: 1\neval: {metrics: [quality], n_samples: 32, quality: {n_reference: 48, kid_subset_size: 16}}\n"
+            "models:\n  - {name: vae, family: vae}\n  - {name: gan, family: gan}\n")
+    out = tmp_path / "run"
+    proc = run_cli("run", str(write_suite(text)), "--quiet", "--out", str(out), env={"BENCH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, rec in records(out).items():
+        values = {m["name"]: m["value"] for m in rec["metrics"]}
+        assert rec["status"] == "ok" and values["fid_domain"] is not None and values["fid_domain"] > 0, (name, values)
