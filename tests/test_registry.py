@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import parse_suite
-from bench.data import DATASETS, DatasetSource
+from bench.data import DATASETS
 from bench.errors import BenchError
 from bench.families import FAMILIES, GenerativeModel
 from bench.registry import Registry, check_class
