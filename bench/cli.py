@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.registry import Registry
 
 
 def _seeds(text: str) -> list[int]:
@@ -69,9 +70,11 @@ def _cmd_list() -> int:
     print("families:")
     for name, fe in FAMILIES.items():
         print(f"  {name:<16} likelihood={fe.cls.likelihood_kind:<12} {fe.description}")
+    _list_plugins(FAMILIES)
     print("datasets:")
     for name, de in DATASETS.items():
         print(f"  {name:<16} {de.description}")
+    _list_plugins(DATASETS)
     print("evaluators (eval.metrics; options in eval.<name>) and their metrics:")
     for name, cls in EVALUATORS.in_order():
         needs = ", ".join(sorted(cls.needs)) or "spent budget"
@@ -83,7 +86,16 @@ def _cmd_list() -> int:
             flags = " ".join(f for f, on in (("headline", m.headline), ("axis", m.axis),
                                              ("machine-dependent", m.machine_dependent)) if on)
             print(f"    {m.name:<26} {m.role:<10} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind:<11} {flags}".rstrip())
+    _list_plugins(EVALUATORS)
     return 0
+
+
+def _list_plugins(registry: Registry) -> None:
+    """Names installed packages declare in the registry's entry-point group (listed, not imported)."""
+    for name, ep in sorted(registry.entry_points().items()):
+        if name not in registry:
+            dist = f" from {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+            print(f"  {name:<16} plugin {ep.value}{dist}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

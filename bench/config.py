@@ -81,7 +81,7 @@ class DatasetConfig(BaseModel):
     """``dataset: mnist`` or ``dataset: {name: mnist, <dataset options>}``."""
 
     model_config = ConfigDict(extra="allow")  # the rest is the dataset's own options, checked against its Options model
-    name: str  # a registered dataset (see `bench list`)
+    name: str  # a registered dataset (see `bench list`), an import path package.module:Class, or an entry point
 
     @property
     def options(self) -> dict[str, Any]:
@@ -94,7 +94,7 @@ class DebugConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique within the suite; used in file names
-    family: str  # a registered family (see `bench list`)
+    family: str  # a registered family (see `bench list`), an import path package.module:Class, or an entry point
     options: dict[str, Any] = {}  # the family's options (validated by the family's Options model)
     budget: Budget | None = None  # overrides the suite budget for this model
     batch_size: int | None = Field(None, gt=0)  # overrides the suite batch size
@@ -268,9 +268,10 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         fail(("budget",), "required field is missing (or give budgets: for a sweep)")
     if cfg.budgets is not None and len({b.label for b in cfg.budgets}) < len(cfg.budgets):
         fail(("budgets",), f"the same budget appears twice: {', '.join(b.label for b in cfg.budgets)}")
-    if cfg.dataset.name not in DATASETS:
-        fail(("dataset", "name"), f"unknown dataset {cfg.dataset.name!r}; choose one of: {', '.join(DATASETS.names())}")
-    dentry = DATASETS.get(cfg.dataset.name)
+    try:  # a registered name, an import path or an installed entry point (bench.registry)
+        dentry = DATASETS.get(cfg.dataset.name)
+    except BenchError as e:
+        fail(("dataset", "name"), str(e))
     try:
         dentry.options(**cfg.dataset.options)
     except ValidationError as e:
@@ -281,9 +282,10 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         if m.name in seen:
             fail(("models", i, "name"), f"model name {m.name!r} appears twice; names must be unique")
         seen.add(m.name)
-        if m.family not in FAMILIES:
-            fail(("models", i, "family"), f"unknown family {m.family!r}; choose one of: {', '.join(FAMILIES.names())}")
-        cls = FAMILIES.get(m.family).cls
+        try:
+            cls = FAMILIES.get(m.family).cls
+        except BenchError as e:
+            fail(("models", i, "family"), str(e))
         try:
             cls.Options(**m.options)
         except ValidationError as e:
@@ -296,15 +298,19 @@ def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Call
     Each block is validated by its evaluator's ``Options`` (with the line of the offending key) and replaced by
     its resolved form, so the run directory's suite.yaml shows every option as it was used.
     """
-    choices = ", ".join(EVALUATORS.names())
+    resolved: dict[str, str] = {}  # an evaluator's own name -> what eval.metrics calls it (an import path)
     for i, name in enumerate(ev.metrics):
-        if name not in EVALUATORS:
-            fail(("eval", "metrics", i), f"unknown evaluator {name!r}; choose one of: {choices}")
+        try:
+            resolved[EVALUATORS.get(name).name] = name
+        except BenchError as e:
+            fail(("eval", "metrics", i), str(e))
     if len(set(ev.metrics)) < len(ev.metrics):
         fail(("eval", "metrics"), f"an evaluator appears twice: {', '.join(ev.metrics)}")
     blocks = ev.model_extra if ev.model_extra is not None else {}
     for key in list(blocks):
-        if key not in EVALUATORS:
+        if key in resolved and key not in EVALUATORS:  # the block of an evaluator from outside bench, by its name
+            blocks[resolved[key]] = blocks.pop(key)
+        elif key not in EVALUATORS and key not in resolved.values():
             accepted = ", ".join([*EvalConfig.model_fields, *EVALUATORS.names()])
             fail(("eval", key), f"unknown key; accepted keys: {accepted}")
     for name, cls in EVALUATORS.in_order():

@@ -104,7 +104,16 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def data_spec(ds: Dataset) -> DataSpec:
-    return DataSpec(ds.kind, ds.shape, ds.num_classes, tuple(ds.class_frequencies().tolist()))
+    # unlabelled data (num_classes 0, every label 0) are one class to a family: naive Bayes fits one component
+    return DataSpec(ds.kind, ds.shape, max(ds.num_classes, 1), tuple(ds.class_frequencies().tolist()))
+
+
+def check_labels(cfg: SuiteConfig, ds: Dataset) -> None:
+    """A conditional model needs labels: refuse it on unlabelled data before any cell trains."""
+    for i, m in enumerate(cfg.models):
+        if not ds.has_labels and getattr(FAMILIES.get(m.family).cls.Options(**m.options), "conditional", False):
+            raise BenchError(f"models[{i}].options.conditional: dataset {cfg.dataset.name} has no labels, so {m.name} "
+                             "cannot be conditional; set conditional: false or use labelled data")
 
 
 def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device) -> GenerativeModel:
@@ -307,6 +316,7 @@ def run_suite(
     train_ds = ds
     if cfg.dataset.options.get("train_subset"):
         ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
+    check_labels(cfg, ds)
     if not quiet:
         print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
     todo = [c for c in cells if not store.has_record(c.id)]

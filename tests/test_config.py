@@ -15,7 +15,7 @@ BAD = [
     (HEAD + "models:\n  - name: m\n    family: vea\n",
      "s.yaml:6: models[0].family: unknown family 'vea'; choose one of: "),
     ("name: a\ndataset: mnistt\nbudget: {steps: 1}\n" + MODEL,
-     "s.yaml:2: dataset.name: unknown dataset 'mnistt'; choose one of: digits, fashion_mnist, mnist, toy2d"),
+     "s.yaml:2: dataset.name: unknown dataset 'mnistt'; choose one of: digits, fashion_mnist, folder, mnist, npz, toy2d"),
     ("name: a\ndataset: digits\nbudget: {steps: -5}\n" + MODEL,
      "s.yaml:3: budget.steps: Input should be greater than 0 (got -5)"),
     ("name: a\ndataset: digits\nbudget: {seconds: 0}\n" + MODEL,

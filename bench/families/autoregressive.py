@@ -16,7 +16,10 @@ dequantization, no bound. The network is the *gated* PixelCNN (van den Oord et a
   shifted padding (the same receptive field as a masked kernel, at about half its cost);
 * gated activations ``tanh(W_f * x) . sigmoid(W_g * x)`` (eq. 2), the vertical stack feeding the
   horizontal one through a 1x1 convolution, and a residual connection on the horizontal stack;
-* a 1x1 output head with 256 logits per pixel. One channel only (all bench image datasets).
+* a 1x1 output head with 256 logits per pixel and channel. On colour images the channels of one
+  pixel are conditionally independent given the pixels before it, ``p(x_i | x_<i) = prod_c
+  p(x_i,c | x_<i)``: still an exact likelihood, but weaker than PixelCNN's R -> G -> B ordering
+  inside a pixel (2016a, Sec. 3.4), which needs channel-group masks in every layer.
 
 Sampling needs one network evaluation per pixel (NFE = H*W). Recomputing the whole net per
 pixel would cost H*W full forward passes; instead ``autoregress`` computes each layer's
@@ -41,7 +44,6 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from bench.engine import TrainSettings
-from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import mlp
 
@@ -125,18 +127,18 @@ class GatedLayer(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """1-channel gated PixelCNN: (B, 1, H, W) in [-1, 1] -> (B, H, W, 256) logits."""
+    """Gated PixelCNN: (B, C, H, W) in [-1, 1] -> (B, H, W, C * 256) logits (C = 1 or 3 image channels)."""
 
-    def __init__(self, o: AutoregressiveOptions):
+    def __init__(self, o: AutoregressiveOptions, image_channels: int = 1):
         super().__init__()
         c = o.channels
-        self.v0 = CausalConv(1, c, o.first_kernel, "down", exclude=True)  # mask A, rows above
-        self.h0 = CausalConv(1, c, o.first_kernel, "right", exclude=True)  # mask A, pixels to the left
+        self.v0 = CausalConv(image_channels, c, o.first_kernel, "down", exclude=True)  # mask A, rows above
+        self.h0 = CausalConv(image_channels, c, o.first_kernel, "right", exclude=True)  # mask A, pixels to the left
         self.link0 = nn.Conv2d(c, c, 1)
         self.layers = nn.ModuleList([GatedLayer(c, o.kernel) for _ in range(o.layers)])
         # per-pixel head on channels-last features: the 256 logits of a pixel are contiguous, which makes the
         # softmax / cross-entropy over them several times faster on CPU than over dim 1 of an NCHW tensor
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(c, o.head), nn.ReLU(), nn.Linear(o.head, 256))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(c, o.head), nn.ReLU(), nn.Linear(o.head, 256 * image_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
@@ -144,7 +146,7 @@ class GatedPixelCNN(nn.Module):
         h = self.h0(x) + self.link0(v)
         for layer in self.layers:
             v, h = layer(v, h)
-        return self.head(h.permute(0, 2, 3, 1))  # (B, H, W, 256) logits
+        return self.head(h.permute(0, 2, 3, 1))  # (B, H, W, C * 256) logits
 
 
 def scale_in(v: torch.Tensor) -> torch.Tensor:
@@ -157,28 +159,28 @@ def autoregress(
     net: GatedPixelCNN, shape: tuple[int, int], n: int, generator: torch.Generator | None,
     given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pixel-by-pixel generation with cached activations: ((n, 1, H, W) 8-bit values, logits or None).
+    """Pixel-by-pixel generation with cached activations: ((n, C, H, W) 8-bit values, logits or None).
 
     Each pixel's logits cost one pass through the horizontal stack and head at one position,
     plus one row of the vertical stack per image row. With ``given`` (8-bit images) the pixels
-    are teacher-forced instead of drawn and the (n, H, W, 256) logits are returned: the test that
+    are teacher-forced instead of drawn and the (n, H, W, C * 256) logits are returned: the test that
     this equals ``net(x)``.
     """
     H, W = shape
     dev = next(net.parameters()).device
-    c = net.link0.in_channels
+    c, ci = net.link0.in_channels, net.v0.conv.in_channels  # hidden channels, image channels
     v0, h0, layers = net.v0, net.h0, net.layers
     kv = layers[0].vconv if len(layers) else None
     kh = layers[0].hconv if len(layers) else None
     # padded caches: the first layer reads the image, gated layer l reads v_{l-1} (vertical) / h_{l-1} (horizontal)
-    x_v = torch.zeros(n, 1, H + v0.before, W + 2 * v0.side, device=dev)
-    x_h = torch.zeros(n, W + h0.before, device=dev)  # the current row of the image, left-padded
+    x_v = torch.zeros(n, ci, H + v0.before, W + 2 * v0.side, device=dev)
+    x_h = torch.zeros(n, W + h0.before, ci, device=dev)  # the current row of the image, left-padded, position-major
     v_in = [torch.zeros(n, c, H + kv.before, W + 2 * kv.side, device=dev) for _ in layers] if kv else []
     w_h0 = _position_major(h0.conv)
     w_layers = [(_position_major(ly.hconv.conv), ly.hconv.conv.bias, ly.hout.weight.flatten(1), ly.hout.bias)
                 for ly in layers]
-    values = torch.zeros(n, 1, H, W, dtype=torch.long, device=dev)
-    all_logits = torch.zeros(n, H, W, 256, device=dev) if given is not None else None
+    values = torch.zeros(n, ci, H, W, dtype=torch.long, device=dev)
+    all_logits = torch.zeros(n, H, W, ci * 256, device=dev) if given is not None else None
     for i in range(H):
         # vertical stack, row i of every layer (needs only rows < i of the image, all known)
         v = v0.conv(x_v[:, :, i : i + v0.depth])  # (n, C, 1, W)
@@ -196,20 +198,20 @@ def autoregress(
         link0 = link0[:, :, 0].transpose(1, 2).contiguous()  # (n, W, C)
         links = [link[:, :, 0].transpose(1, 2).contiguous() for link in links]  # (n, W, 2C) each
         for j in range(W):
-            h = F.linear(x_h[:, j : j + h0.depth], w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
+            h = F.linear(x_h[:, j : j + h0.depth].reshape(n, -1), w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
             for (w, b, w_out, b_out), cache, link in zip(w_layers, h_in, links):
                 cache[:, j + kh.before] = h
                 hf = F.linear(cache[:, j : j + kh.depth].reshape(n, -1), w, b) + link[:, j]  # (n, 2C)
                 h = h + F.linear(gate(hf), w_out, b_out)
-            logits = net.head(h)  # (n, 256)
+            logits = net.head(h)  # (n, ci * 256)
             if given is not None:
                 all_logits[:, i, j] = logits
-                val = given[:, 0, i, j].long()
+                val = given[:, :, i, j].long()  # (n, ci)
             else:
-                val = _draw(logits, generator)
-            values[:, 0, i, j] = val
+                val = _draw(logits.view(n * ci, 256), generator).view(n, ci)
+            values[:, :, i, j] = val
             xv = scale_in(val)
-            x_v[:, 0, i + v0.before, v0.side + j] = xv
+            x_v[:, :, i + v0.before, v0.side + j] = xv
             x_h[:, j + h0.before] = xv
     return values, all_logits
 
@@ -257,10 +259,7 @@ class Autoregressive(GenerativeModel):
     def __init__(self, spec: DataSpec, options: AutoregressiveOptions):
         super().__init__(spec, options)
         if spec.kind == "image":
-            if spec.shape[0] != 1:
-                raise BenchError(f"autoregressive: PixelCNN here models 1-channel images, the data has "
-                                 f"{spec.shape[0]} channels; use a 1-channel dataset")
-            self.net = GatedPixelCNN(options).to(memory_format=torch.channels_last)
+            self.net = GatedPixelCNN(options, spec.shape[0]).to(memory_format=torch.channels_last)
         else:
             # conditional d reads x_<d; the first reads a constant 0 (its output is the marginal p(x_1))
             k, hidden = options.components, options.hidden
@@ -269,9 +268,10 @@ class Autoregressive(GenerativeModel):
 
     # ------------------------------------------------------------------ densities
     def _image_logp(self, v: torch.Tensor) -> torch.Tensor:
-        """Exact log P(v) of 8-bit images (B, 1, H, W) in nats: the sum of per-pixel log-softmax, (B,)."""
-        logits = self.net(scale_in(v))  # (B, H, W, 256)
-        nll = F.cross_entropy(logits.reshape(-1, 256), v.reshape(-1).long(), reduction="none")  # (B*H*W,)
+        """Exact log P(v) of 8-bit images (B, C, H, W) in nats: the sum of per-value log-softmax, (B,)."""
+        logits = self.net(scale_in(v))  # (B, H, W, C * 256), a pixel's channels in order
+        target = v.permute(0, 2, 3, 1).reshape(-1).long()  # (B*H*W*C,) in the logits' order
+        nll = F.cross_entropy(logits.reshape(-1, 256), target, reduction="none")  # (B*H*W*C,)
         return -nll.view(v.shape[0], -1).sum(1)
 
     def _cond_input(self, x: torch.Tensor, d: int) -> torch.Tensor:

@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, get_args
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from bench.registry import Registry
+from bench.errors import BenchError
+from bench.registry import Registry, check_class
 from bench.results import METRICS, Metric, MetricRole, MetricSpec, register_metric, unavailable
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class Evaluator:
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     needs: ClassVar[frozenset[Need]] = frozenset()
     always: ClassVar[bool] = False  # runs for every cell, named in eval.metrics or not
+    # what a class from outside bench (import path or entry point) must define itself (bench.registry.check_class)
+    required: ClassVar[tuple[str, ...]] = ("name", "metrics", "evaluate")
 
     def __init__(self, options: EvaluatorOptions | None = None):
         self.options = options if options is not None else self.Options()
@@ -133,18 +136,10 @@ class Evaluator:
         return [unavailable(s.name, reason) for s in self.metrics]
 
 
-EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator")
-
-
-def register_evaluator(name: str, cls: type[Evaluator]) -> type[Evaluator]:
-    """Register a metric group under ``name`` (must equal ``cls.name``) and declare its metrics.
-
-    A malformed evaluator is a programming error (``ValueError``) named here, not at its first use.
-    """
+def _check_evaluator(name: str, cls: type[Evaluator]) -> None:
+    """The contract an evaluator class must meet; ``ValueError`` naming what is wrong."""
     if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
         raise ValueError(f"evaluator {name!r}: {cls!r} is not an Evaluator subclass")
-    if cls.name != name:
-        raise ValueError(f"evaluator {name!r}: class declares name={cls.name!r}")
     if not (isinstance(cls.Options, type) and issubclass(cls.Options, EvaluatorOptions)):
         raise ValueError(f"evaluator {name!r}: Options must subclass EvaluatorOptions")
     bad = set(cls.needs) - set(get_args(Need))
@@ -158,8 +153,36 @@ def register_evaluator(name: str, cls: type[Evaluator]) -> type[Evaluator]:
     taken = sorted({n for n in names if n in METRICS or names.count(n) > 1})
     if taken:
         raise ValueError(f"evaluator {name!r}: metric names already declared: {taken}")
-    EVALUATORS.register(name, cls)  # checks the evaluator's name and duplicates before any metric is declared
+
+
+def _declare_metrics(name: str, cls: type[Evaluator]) -> None:
     cls.metrics = tuple(register_metric(replace(s, group=name)) for s in cls.metrics)
+
+
+def _external_evaluator(obj: object, where: str) -> type[Evaluator]:
+    """An evaluator named by import path or entry point: the built-ins' checks, as a one-line BenchError."""
+    cls = check_class(obj, Evaluator, where, "evaluator")
+    try:
+        _check_evaluator(cls.name, cls)
+    except ValueError as e:
+        raise BenchError(f"evaluator {where}: {str(e).split(': ', 1)[-1]}") from None
+    _declare_metrics(cls.name, cls)
+    return cls
+
+
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", group="bench.evaluators", adapt=_external_evaluator)
+
+
+def register_evaluator(name: str, cls: type[Evaluator]) -> type[Evaluator]:
+    """Register a metric group under ``name`` (must equal ``cls.name``) and declare its metrics.
+
+    A malformed evaluator is a programming error (``ValueError``) named here, not at its first use.
+    """
+    _check_evaluator(name, cls)
+    if cls.name != name:
+        raise ValueError(f"evaluator {name!r}: class declares name={cls.name!r}")
+    EVALUATORS.register(name, cls)  # checks the evaluator's name and duplicates before any metric is declared
+    _declare_metrics(name, cls)
     return cls
 
 
