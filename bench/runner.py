@@ -391,6 +391,7 @@ def run_suite(
             ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
         if not quiet:
             print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
+        store.records()  # a record that fails its checks stops a resume before anything runs
         todo = [c for c in cells if not store.has_record(c.id)]
         if resume and not quiet:
             print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)

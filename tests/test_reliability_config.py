@@ -9,6 +9,7 @@ dry-run planner. The default profile is quick (CI); ``HYPOTHESIS_PROFILE=thoroug
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -37,6 +38,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 CASE_SECONDS = 20.0  # one case, generous for a busy 2-core machine; a case takes milliseconds alone
 CASE_PEAK_MB = 64.0  # Python allocations while loading one suite (tracemalloc)
 
+OUTCOMES: collections.Counter[str] = collections.Counter()  # "plan" / "error" per property: the figure
 SHIPPED = sorted((ROOT / "suites").glob("*.yaml"))
 WORK = Path(tempfile.mkdtemp(prefix="bench-fuzz-"))
 
@@ -69,6 +71,15 @@ trees = st.recursive(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _tally():
+    """Print the cases tried (with -s): every one ended in a plan or in the one-line error."""
+    yield
+    if OUTCOMES:
+        print(f"\nconfig fuzzing ({PROFILE}): {sum(OUTCOMES.values())} cases, {OUTCOMES['plan']} valid plans, "
+              f"{OUTCOMES['error']} one-line errors, 0 uncaught")
+
+
 def _check(data: bytes, name: str = "case.yaml") -> str:
     """Load ``data`` as a suite file and plan a dry run: return "plan" or "error"; anything else fails the test."""
     path = WORK / name
@@ -94,6 +105,7 @@ def _check(data: bytes, name: str = "case.yaml") -> str:
     assert seconds < CASE_SECONDS, f"took {seconds:.1f}s"
     assert peak_mb < CASE_PEAK_MB, f"peak {peak_mb:.0f} MB"
     assert not (WORK / "reports").exists(), "a dry run wrote something"
+    OUTCOMES[outcome] += 1
     return outcome
 
 
