@@ -32,7 +32,7 @@ from bench.runner import run_suite
 from conftest import ROOT, run_cli
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-EXAMPLES = {"ci": 40, "thorough": 1500}[PROFILE]  # per property; four properties
+EXAMPLES = {"ci": int(os.environ.get("BENCH_FUZZ_CI", 40)), "thorough": 1500}[PROFILE]  # per property; four properties
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 CASE_SECONDS = 20.0  # one case, generous for a busy 2-core machine; a case takes milliseconds alone
@@ -188,6 +188,43 @@ def test_fuzz_text_mutations(suite, data):
             j = data.draw(st.integers(i, len(text)))
             text = text[:i] + "&a " + text[i:j] + "*a" + text[j:]
     _check(text.encode(data.draw(st.sampled_from(ENCODINGS)), errors="replace"))
+
+
+@FUZZ
+@given(st.integers(0, 120_000), st.sampled_from(["flow-seq", "flow-map", "block-seq", "block-map"]),
+       st.integers(1, 12), st.integers(1, 12), st.sampled_from(["description", "eval", "models"]))
+def test_fuzz_nesting_and_alias_bombs(depth, style, levels, fanout, where):
+    """Nesting of any depth in any style, and alias trees of any fan-out and height, under any key."""
+    if style == "flow-seq":
+        value = "[" * depth + "x" + "]" * depth
+    elif style == "flow-map":
+        value = "{a: " * depth + "x" + "}" * depth
+    elif style == "block-seq":
+        value = "\n" + "".join(" " * i + "-\n" for i in range(min(depth, 700))) + " " * min(depth, 700) + "x"
+    else:
+        value = "\n" + "".join(" " * i + f"k{i}:\n" for i in range(min(depth, 700))) + " " * min(depth, 700) + "x"
+    bomb = "".join(f"b{i}: &b{i} [{', '.join([f'*b{i - 1}' if i else 'lol'] * fanout)}]\n" for i in range(levels))
+    outcome = _check((HEAD + f"{where}: {value}\n" + bomb).encode())
+    assert outcome == "error"  # b0..: are unknown keys; depth or expansion may be refused before that
+
+
+@FUZZ
+@given(st.sampled_from(SHIPPED), st.data())
+def test_fuzz_duplicate_keys_are_refused(suite, data):
+    """Any top-level key written twice (same value or not) is an error naming the key, never last-one-wins."""
+    text = suite.read_text()
+    keys = list(yaml.safe_load(text))
+    key = data.draw(st.sampled_from(keys))
+    value = data.draw(st.sampled_from(["x", "1", "[a]", "{a: 1}", "null"]))
+    with pytest.raises(BenchError, match=f"key '{key}' appears twice"):
+        _load_text(text.rstrip("\n") + f"\n{key}: {value}\n")
+    OUTCOMES["error"] += 1
+
+
+def _load_text(text: str) -> SuiteConfig:
+    path = WORK / "text.yaml"
+    path.write_text(text)
+    return load_suite(path)
 
 
 # --- known adversarial files --------------------------------------------------------------------
