@@ -35,10 +35,11 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 EXAMPLES = {"ci": int(os.environ.get("BENCH_FUZZ_CI", 40)), "thorough": 1500}[PROFILE]  # per property; four properties
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
-CASE_SECONDS = 20.0  # one case, generous for a busy 2-core machine; a case takes milliseconds alone
+CASE_SECONDS = 60.0  # one case: catches a hang or an exponential blow-up; a case takes milliseconds alone
 CASE_PEAK_MB = 64.0  # Python allocations while loading one suite (tracemalloc)
 
 OUTCOMES: collections.Counter[str] = collections.Counter()  # "plan" / "error" per property: the figure
+WORST = {"seconds": 0.0, "peak_mb": 0.0}  # the slowest case and the largest allocation peak seen
 SHIPPED = sorted((ROOT / "suites").glob("*.yaml"))
 WORK = Path(tempfile.mkdtemp(prefix="bench-fuzz-"))
 
@@ -77,7 +78,8 @@ def _tally():
     yield
     if OUTCOMES:
         print(f"\nconfig fuzzing ({PROFILE}): {sum(OUTCOMES.values())} cases, {OUTCOMES['plan']} valid plans, "
-              f"{OUTCOMES['error']} one-line errors, 0 uncaught")
+              f"{OUTCOMES['error']} one-line errors, 0 uncaught; slowest case {WORST['seconds']:.2f} s, "
+              f"largest peak {WORST['peak_mb']:.1f} MB")
 
 
 def _check(data: bytes, name: str = "case.yaml") -> str:
@@ -102,6 +104,7 @@ def _check(data: bytes, name: str = "case.yaml") -> str:
     finally:
         tracemalloc.stop()
     seconds = time.perf_counter() - t0
+    WORST["seconds"], WORST["peak_mb"] = max(WORST["seconds"], seconds), max(WORST["peak_mb"], peak_mb)
     assert seconds < CASE_SECONDS, f"took {seconds:.1f}s"
     assert peak_mb < CASE_PEAK_MB, f"peak {peak_mb:.0f} MB"
     assert not (WORK / "reports").exists(), "a dry run wrote something"
