@@ -109,3 +109,13 @@ def test_duplicates_in_precision_recall_are_recorded():
     assert metrics["recall_domain"].note == "60 of 60 samples have k-NN radius 0 (3 or more exact duplicates each)"
     assert 0.0 <= metrics["precision_domain"].value <= 1.0 and metrics["precision_domain"].note == ""
     assert metrics["fid_domain"].value is not None and metrics["fid_domain"].value > 0
+
+
+def test_fid_is_torch_fidelitys_bit_for_bit():
+    """The checks add notes, never change a healthy value: float32 features (as the extractors give) yield
+    exactly torch-fidelity's FID (a Python float added to float32 mu first would round it to float32)."""
+    g = torch.Generator().manual_seed(0)
+    gen, real = torch.randn(500, 32, generator=g) * 3 + 1, torch.randn(300, 32, generator=g) * 2
+    s1, s2 = fid_features_to_statistics(gen), fid_features_to_statistics(real)
+    assert s1["mu"].dtype == np.float32
+    assert fid_checked(gen, {"features": real})[0] == fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]

@@ -141,8 +141,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """
     eig = np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)
     diff = mu1 - mu2
+    # torch-fidelity's expression in its order: mu may be float32, and a Python float added to it first
+    # would keep the sum in float32 (numpy 2 promotion)
+    fid = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(np.sqrt(eig).real))
     traces = float(np.trace(sigma1) + np.trace(sigma2))
-    fid = float(diff.dot(diff) + traces - 2 * np.sum(np.sqrt(eig).real))
     notes = []
     scale = max(float(np.abs(eig).max()), np.finfo(np.float64).tiny)
     if np.abs(eig.imag).max() > FID_TOL * scale:
