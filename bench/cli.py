@@ -1,7 +1,9 @@
-"""Command line: ``python -m bench {run, validate, list, report, compare}``.
+"""Command line: ``python -m bench {run, validate, list, report, compare, evaluate}``.
 
-User errors (``BenchError``) print one line to stderr and exit 2; nothing else is
-caught, so a bug still shows its traceback.
+Exit status: 0 everything ran (a diverged cell is a result, not a failure); 1 a regression
+against the baseline, or a cell that failed (raised, ran out of memory, or ran past
+``--cell-time-limit``), listed on stderr; 2 a user error (``BenchError``: one line on stderr,
+no traceback); 130 interrupted. Nothing else is caught, so a bug still shows its traceback.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", metavar="MODEL", help="run only this model (repeatable)")
     r.add_argument("--seeds", type=_seeds, help="override the suite's seeds, e.g. '0 1 2'")
     r.add_argument("--quiet", action="store_true", help="no progress output (CI)")
+    r.add_argument("--cell-time-limit", type=float, metavar="SECONDS",
+                   help="record a cell that runs longer than this (training + evaluation) as failed and go on")
     r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json (default: the suite's "
                    "compare.baseline); exit 1 on a regression")
     r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
@@ -146,16 +150,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.suite}: ok")
         return 0
     run_dir = run_suite(cfg, args.suite, out=args.out, reports_root=args.reports_root, resume=args.resume,
-                        only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet)
+                        only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet,
+                        cell_time_limit=args.cell_time_limit)
     if run_dir is None:
         return 0
     print(f"report: {run_dir / 'index.html'}")
+    status = _failed_cells(run_dir)
     baseline = args.baseline or (args.suite.parent / cfg.compare.baseline if cfg.compare.baseline else None)
     if baseline:
         from bench import compare
 
-        return compare.main(str(baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet)
-    return 0
+        status = max(status, compare.main(str(baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet))
+    return status
+
+
+def _failed_cells(run_dir: Path) -> int:
+    """1 (and the failed cells on stderr, each with its reason and log) when a cell failed, else 0."""
+    from bench.store import RunStore
+
+    failed = [r for r in RunStore(run_dir).records() if r.status == "failed"]
+    for r in failed:
+        print(f"bench: cell {r.cell_id} failed: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"bench: {len(failed)} cell(s) failed; the other results are in {run_dir}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,14 @@ Family options and dataset options are validated by the family's / dataset's own
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.scanner import ScannerError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.engine import TrainSettings, resolve_settings
@@ -24,7 +28,7 @@ from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no field means anything at NaN/inf
 
 
 class Budget(_Strict):
@@ -157,6 +161,142 @@ class SuiteConfig(_Strict):
 
 # ----------------------------------------------------------------------------- loading
 
+# Limits on what a suite file may be. A real suite is a few KB, ~300 YAML nodes, 5 levels deep; these
+# are far above that and low enough that no file can make loading slow or large: the size is checked
+# before anything is parsed, depth and node count (aliases expanded) while the document is composed.
+MAX_SUITE_BYTES = 256 * 1024  # PyYAML's pure-Python parser reads ~100 KB/s: at most a few seconds
+MAX_DEPTH = 50  # nesting levels of lists and mappings
+MAX_NODES = 20_000  # YAML nodes with every alias expanded (a "billion laughs" file is refused here)
+MAX_SCALAR_DIGITS = 40  # an int/float scalar longer than this is refused before Python converts it
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.manual_seed's range
+MAX_BUDGET = 1e12  # steps, seconds, epochs or examples: 30,000 years of seconds is a typo, not a budget
+_PLAIN = "a suite holds plain values only: strings, numbers, booleans, null, lists and mappings"
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the limits above, duplicate keys refused and only JSON-like values.
+
+    The pure-Python loader on purpose: its parser is a state machine, so only composition recurses,
+    and composition is where depth is counted. The scanner counts depth too: it looks ahead over
+    every open ``[``/``{`` and does so in quadratic time. Every refusal is a ``yaml.YAMLError`` with a
+    mark, so ``parse_suite`` turns it into the usual ``file:line: ...`` message.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> its size with aliases expanded
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_DEPTH:
+            raise ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        return super().add_indent(column)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._expanded.get(id(target))
+                if size is None:  # the anchor is still open: the alias sits inside what it names
+                    raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains it "
+                                        "(a recursive alias)", event.start_mark)
+                self._count(size, event)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        before = self._nodes
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event)
+        self._expanded[id(node)] = self._nodes - before  # its own node, its children, their aliases
+        return node
+
+    def _count(self, n: int, event: yaml.Event) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise ComposerError(None, None, f"more than {MAX_NODES:,} values once aliases are expanded "
+                                "(an alias bomb?)", event.start_mark)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Refuse a key given twice in one mapping; YAML says keys are unique, PyYAML keeps the last.
+
+        Keys merged in with ``<<: *defaults`` may be overridden, as the merge-key spec intends."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           f"key {key!r} appears twice (first on line {seen[key]}); keys must be "
+                                           "unique", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        self._short_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        self._short_number(node)
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise ConstructorError(None, None, f"{node.value!r} is not a finite number; no suite field takes "
+                                   "NaN or infinity", node.start_mark)
+        return value
+
+    def _short_number(self, node: yaml.ScalarNode) -> None:
+        # Python refuses ints over 4,300 digits with a ValueError and sexagesimal "1:2:3:..." is
+        # quadratic in its length: refuse long numerals before converting them
+        if len(node.value) > MAX_SCALAR_DIGITS:
+            raise ConstructorError(None, None, f"number {node.value[:20]}... has more than {MAX_SCALAR_DIGITS} "
+                                   "characters", node.start_mark)
+
+    def construct_as_text(self, node: yaml.ScalarNode) -> str:
+        return self.construct_scalar(node)  # a date stays the text the user wrote
+
+    def refuse_tag(self, node: yaml.Node) -> None:
+        raise ConstructorError(None, None, f"tag {node.tag!r} is not allowed; {_PLAIN}", node.start_mark)
+
+
+# the registry holds functions, not method names: an override is registered again to take effect
+_SuiteLoader.add_constructor("tag:yaml.org,2002:int", _SuiteLoader.construct_yaml_int)
+_SuiteLoader.add_constructor("tag:yaml.org,2002:float", _SuiteLoader.construct_yaml_float)
+_SuiteLoader.add_constructor("tag:yaml.org,2002:timestamp", _SuiteLoader.construct_as_text)
+for _tag in ("binary", "omap", "pairs", "set"):
+    _SuiteLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _SuiteLoader.refuse_tag)
+_SuiteLoader.add_constructor(None, _SuiteLoader.refuse_tag)  # !!python/object/apply:..., !custom, ...
+
+
+def _yaml_document(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The one YAML document in ``text`` as plain values, and its node tree (for line numbers)."""
+    loader = None
+    try:
+        loader = _SuiteLoader(text)  # the reader checks for control characters right here
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    except yaml.reader.ReaderError as e:  # a control character: no mark, a character position instead
+        line = text.count("\n", 0, e.position) + 1
+        raise BenchError(f"{source}:{line}: not valid YAML: character {e.character!r} is not allowed in a "
+                         "YAML file (control character)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise BenchError(f"{source}:{line}: not valid YAML: {problem}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
 
 def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
     """Map every key path in a YAML document to its 1-based line, for error messages."""
@@ -164,6 +304,8 @@ def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dic
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue  # a list or mapping as a key: construction has refused it already
             key = (*path, k.value)
             out[key] = k.start_mark.line + 1
             _line_map(v, key, out)
@@ -196,7 +338,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "required field is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if isinstance(err.get("input"), (str, int, float, bool)) and err["type"] not in ("value_error",):
-        msg += f" (got {err['input']!r})"
+        got = repr(err["input"])
+        msg += f" (got {got if len(got) <= 60 else got[:50] + '...'})"
     return msg
 
 
@@ -231,15 +374,12 @@ def _model_fields(cls: type[BaseModel], loc: tuple) -> str:
 
 
 def parse_suite(text: str, source: str = "<suite>") -> SuiteConfig:
-    """Parse and validate a suite from YAML text; ``source`` names the file in messages."""
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise BenchError(f"{source}:{line}: not valid YAML: {problem}") from None
+    """Parse and validate a suite from YAML text; ``source`` names the file in messages.
+
+    Every problem a file can have (bad YAML, a key given twice, a Python tag, an alias bomb, nesting
+    past ``MAX_DEPTH``, a wrong field) is a one-line ``BenchError`` naming the file and line.
+    """
+    raw, node = _yaml_document(text, source)
     if not isinstance(raw, dict):
         raise BenchError(f"{source}:1: a suite is a YAML mapping with keys name, dataset, budget, models, ...")
     lines = _line_map(node) if node is not None else {}
@@ -262,6 +402,20 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
     def fail(loc: tuple, msg: str) -> None:
         raise BenchError(f"{source}:{_where(lines, loc)}: {_dotted(loc)}: {msg}")
 
+    for i, seed in enumerate(cfg.seeds):
+        if not SEED_MIN <= seed <= SEED_MAX:
+            fail(("seeds", i), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX} (what torch.manual_seed takes)")
+    for i, m in enumerate(cfg.models):
+        for j, seed in enumerate(m.seeds or []):
+            if not SEED_MIN <= seed <= SEED_MAX:
+                fail(("models", i, "seeds", j), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX}")
+    budgets = [(("budget",), cfg.budget)] + [(("budgets", i), b) for i, b in enumerate(cfg.budgets or [])]
+    budgets += [(("models", i, "budget"), m.budget) for i, m in enumerate(cfg.models)]
+    for loc, b in budgets:
+        for unit, value in (b.as_dict() if b is not None else {}).items():
+            if value > MAX_BUDGET:
+                shown = f"{value:.3g}" if value < 1e300 else "a number over 1e300"  # a float cannot hold a bigger int
+                fail((*loc, unit), f"{shown} is more than {MAX_BUDGET:.0e}; no run spends that much")
     if cfg.budget is not None and cfg.budgets is not None:
         fail(("budgets",), "give budget (one for every model) or budgets (a sweep), not both")
     if cfg.budget is None and cfg.budgets is None:
@@ -325,8 +479,32 @@ def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Call
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
-    """Read and validate a suite file. Errors are ``BenchError`` naming file, line and field."""
+    """Read and validate a suite file. Errors are ``BenchError`` naming file, line and field.
+
+    A file over ``MAX_SUITE_BYTES`` is refused before it is parsed; it must be UTF-8 (a BOM is fine).
+    """
     p = Path(path)
     if not p.is_file():
-        raise BenchError(f"{p}: no such suite file (the suites that ship with bench are in suites/)")
-    return parse_suite(p.read_text(), str(p))
+        what = "not a regular file" if p.exists() else "no such suite file"
+        raise BenchError(f"{p}: {what} (the suites that ship with bench are in suites/)")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_SUITE_BYTES + 1)  # never more, whatever stat() says
+    except OSError as e:
+        raise BenchError(f"{p}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise BenchError(f"{p}: larger than {MAX_SUITE_BYTES // 1024} KiB; a suite is a few KB of YAML (is this the "
+                         "right file?)")
+    return parse_suite(_decode(data, str(p)), str(p))
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text (with or without a BOM); anything else is one line saying where it broke."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise BenchError(f"{source}:1: the file is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BenchError(f"{source}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "save the file as UTF-8") from None

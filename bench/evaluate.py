@@ -17,6 +17,7 @@ import torch
 from bench.config import EvalConfig
 from bench.data import Dataset
 from bench.errors import BenchError
+from bench.io import read_npz
 from bench.families.base import GenerativeModel
 from bench.metrics.base import TRAINED_MODEL_NEEDS, EvalContext, Evaluator, SnapshotFn, eval_generator
 from bench.metrics.quality import QualityOptions, evaluate_quality
@@ -91,27 +92,17 @@ def run_model_evaluators(evaluators: list[Evaluator], ctx: EvalContext, cfg: Eva
 def load_samples(path: str | Path) -> torch.Tensor:
     """Samples made elsewhere: an .npz (key ``samples``, or its only array) or .npy of uint8 images
     ``(N, C, H, W)`` / ``(N, H, W)``, or float points ``(N, D)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"{p}: no such samples file")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise BenchError(f"{p}: not a .npy/.npz array file ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        keys = list(data.keys())
-        if "samples" in keys:
-            arr = data["samples"]
-        elif len(keys) == 1:
-            arr = data[keys[0]]
-        else:
-            raise BenchError(f"{p}: holds arrays {keys}; name the samples array 'samples'")
+    arrays = read_npz(Path(path), "samples file")  # checked whole: a truncated or flipped file fails here
+    if "samples" in arrays:
+        arr = arrays["samples"]
+    elif len(arrays) == 1:
+        (arr,) = arrays.values()
     else:
-        arr = data
+        raise BenchError(f"{path}: holds arrays {list(arrays)}; name the samples array 'samples'")
     if arr.ndim == 3:
         arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
     if arr.ndim == 4 and arr.dtype != np.uint8:
-        raise BenchError(f"{p}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
+        raise BenchError(f"{path}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 

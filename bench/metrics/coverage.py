@@ -47,18 +47,38 @@ def density_coverage(
 
     density  = 1/(kN) sum_j sum_i 1[ |Y_j - X_i| < NND_k(X_i) ]          (eq. 5)
     coverage = 1/M    sum_i 1[ exists j: |Y_j - X_i| < NND_k(X_i) ]       (eq. 6)
-    Strict inequality, as in the authors' reference code. ``radii`` (M,) may come from a
-    cache (``knn_radii(real, k)``); the (M, N) distance matrix is processed in column blocks.
+    Strict inequality, as in the authors' reference code, with one exception: a real point with
+    k or more exact duplicates has NND_k = 0, and its ball then holds a sample that coincides with
+    it (strictly, no sample could ever be inside it; ``zero_radius_count`` says how many there are).
+    ``radii`` (M,) may come from a cache (``knn_radii(real, k)``); the (M, N) distance matrix is
+    processed in column blocks.
     """
     r = knn_radii(real, k) if radii is None else radii
     inside_count = torch.zeros((), dtype=torch.float64)
     covered = torch.zeros(len(real), dtype=torch.bool)
     for fb in fake.split(batch_size):
-        inside = torch.cdist(real, fb) < r[:, None]  # (M, b): sample j inside real ball i
+        d = torch.cdist(real, fb)  # (M, b); identical rows give exactly 0 (torch clamps at 0)
+        inside = (d < r[:, None]) | (d == 0)  # (M, b): sample j inside real ball i
         inside_count += inside.sum()
         covered |= inside.any(dim=1)
     density = (inside_count / (k * len(fake))).item()
     return density, covered.double().mean().item()
+
+
+def zero_radius_count(features: torch.Tensor, k: int) -> int:
+    """Points of ``features`` (N, F) whose k-NN radius is 0: those with k or more exact duplicates.
+
+    Their k-NN balls (precision/recall, density/coverage) are single points; a metric computed
+    with them says so in its note. Counted from exact row duplicates, not from distances.
+    """
+    _, counts = torch.unique(features, dim=0, return_counts=True)
+    return int(counts[counts >= k + 1].sum())
+
+
+def duplicates_note(features: torch.Tensor, k: int, what: str) -> str:
+    """'' or e.g. '12 of 500 samples have k-NN radius 0 (>= 3 exact duplicates each)'."""
+    n = zero_radius_count(features, k)
+    return f"{n} of {len(features)} {what} have k-NN radius 0 ({k} or more exact duplicates each)" if n else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ quality space. ``quick_quality`` is the cheap snapshot for quality-over-training
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -139,9 +141,57 @@ def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
 
 def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
     """FID with torch-fidelity's statistics and distance (generated first, as torch-fidelity's input1)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    value, _ = fid_checked(gen, ref)
+    return math.nan if value is None else value
 
-    return fid_statistics_to_metric(fid_features_to_statistics(gen), _fid_stats(ref), verbose=False)[KEY_METRIC_FID]
+
+FID_TOL = 1e-6  # relative to the largest eigenvalue / to tr(S1) + tr(S2): what float64 rounding can explain
+
+
+def fid_checked(gen: torch.Tensor, ref: dict[str, Any]) -> tuple[float | None, str]:
+    """FID of generated features ``gen`` (N, F) against the cached reference, and a note on its numerical traps."""
+    n, dims = gen.shape
+    if n < 2:
+        return None, f"FID needs at least 2 samples for a covariance, got {n}"
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    s1, s2 = fid_features_to_statistics(gen), _fid_stats(ref)
+    fid, notes = frechet_distance(s1["mu"], s1["sigma"], s2["mu"], s2["sigma"])
+    if n <= dims:
+        notes.insert(0, f"{n} samples in {dims} feature dimensions: the sample covariance is singular, FID is biased up")
+    return fid, "; ".join(notes)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> tuple[float | None, list[str]]:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))  (Heusel et al. 2017, after Dowson & Landau 1982),
+    with the trace term computed exactly as torch-fidelity does, and notes on its numerical traps.
+
+    tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(S1 S2)). S1 S2 is similar to S1^(1/2) S2 S1^(1/2), so in exact
+    arithmetic every lambda_i is real and >= 0; in floating point some come out complex or slightly
+    negative (pytorch-fid's sqrtm raises "Imaginary component" there). The real part of the complex root
+    is kept and a note says how large the deviation was. A distance that rounds below 0 is reported as
+    0 (the note says from what); one below 0 beyond rounding (a non-PSD covariance, e.g. a damaged
+    cache) is None.
+    """
+    eig = np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)
+    diff = mu1 - mu2
+    # torch-fidelity's expression in its order: mu may be float32, and a Python float added to it first
+    # would keep the sum in float32 (numpy 2 promotion)
+    fid = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(np.sqrt(eig).real))
+    traces = float(np.trace(sigma1) + np.trace(sigma2))
+    notes = []
+    scale = max(float(np.abs(eig).max()), np.finfo(np.float64).tiny)
+    if np.abs(eig.imag).max() > FID_TOL * scale:
+        notes.append(f"eigenvalues of S1 S2 had imaginary parts up to {np.abs(eig.imag).max() / scale:.1e} of the "
+                     "largest (real part of the square root used)")
+    if eig.real.min() < -FID_TOL * scale:
+        notes.append(f"eigenvalues of S1 S2 down to {eig.real.min() / scale:.1e} of the largest (counted as 0)")
+    if fid < 0:
+        if fid < -FID_TOL * max(traces, 1.0):
+            return None, [*notes, f"FID came out at {fid:.3g}, below 0 beyond rounding: not reported"]
+        notes.append(f"FID {fid:.2g} (rounding below 0) reported as 0")
+        fid = 0.0
+    return fid, notes
 
 
 def one_blas_thread():
@@ -166,7 +216,8 @@ def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Ex
     base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
     out: list[Metric] = []
     if "fid" in opts.metrics:
-        out.append(metric(f"fid_{space}", fid_from_features(gen, ref), **base))
+        fid, note = fid_checked(gen, ref)
+        out.append(metric(f"fid_{space}", fid, note=note, **base))
     if "kid" in opts.metrics:
         size = min(opts.kid_subset_size, n, m)
         note = f"kid_subset_size capped at {size} (samples: {n}, reference: {m})" if size < opts.kid_subset_size else ""
@@ -178,12 +229,16 @@ def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Ex
     if "precision_recall" in opts.metrics:
         prc = prc_features_to_metric(gen, real, prc_neighborhood=opts.pr_k, prc_batch_size=10_000,
                                      save_cpu_ram=False, verbose=False)
-        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], k=opts.pr_k, **base))
-        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], k=opts.pr_k, **base))
+        # precision reads the real points' k-NN balls, recall the samples': duplicates make balls of radius 0
+        p_note, r_note = coverage.duplicates_note(real, opts.pr_k, "reference points"), \
+            coverage.duplicates_note(gen, opts.pr_k, "samples")
+        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], note=p_note, k=opts.pr_k, **base))
+        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], note=r_note, k=opts.pr_k, **base))
     if "density_coverage" in opts.metrics:
         density, cov = coverage.density_coverage(real, gen, k=opts.dc_k, radii=_radii(ref, opts.dc_k))
-        out.append(metric(f"density_{space}", density, k=opts.dc_k, **base))
-        out.append(metric(f"coverage_{space}", cov, k=opts.dc_k, **base))
+        note = coverage.duplicates_note(real, opts.dc_k, "reference points")
+        out.append(metric(f"density_{space}", density, note=note, k=opts.dc_k, **base))
+        out.append(metric(f"coverage_{space}", cov, note=note, k=opts.dc_k, **base))
     return out
 
 

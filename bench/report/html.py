@@ -15,6 +15,8 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
+from bench.io import read_npz
 from bench.metrics.base import axis, headline
 from bench.metrics.stability import across_seeds
 from bench.report import plots, tables
@@ -136,9 +138,13 @@ def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray |
         p = run_dir / r.artifacts["samples"]
         if not p.is_file():
             continue
-        s = np.load(p)["samples"]
-        png = plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real)
-        out.append({"model": r.model, "family": r.family, "seed": str(r.seed), "uri": _data_uri(png)})
+        fig = {"model": r.model, "family": r.family, "seed": str(r.seed), "uri": "", "error": ""}
+        try:
+            s = read_npz(p, "samples file")["samples"]
+            fig["uri"] = _data_uri(plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real))
+        except (BenchError, KeyError) as e:  # a corrupted samples file is shown as such, never drawn
+            fig["error"] = str(e) if isinstance(e, BenchError) else f"{p}: has no 'samples' array"
+        out.append(fig)
         seen.add(r.model)
     return out
 
