@@ -10,21 +10,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import yaml
 
-from bench.config import Budget, ModelConfig, SuiteConfig
+from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
+from bench.executors import Executor, Shared, TaskFailure, make_executor, note_executor
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.results import CellRecord, Metric, cell_id, metric
 from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -247,6 +250,78 @@ def _save_samples(path: Path, samples: torch.Tensor) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as a unit of work: everything a worker needs but the datasets (those travel once, in
+    ``Shared``). Picklable, so an executor can send it to another process or machine."""
+
+    cfg: SuiteConfig
+    cell: Cell
+    run_dir: Path  # absolute: where the driver writes this run
+    suite_dir: Path  # absolute: checkpoint paths in the suite are relative to it
+    device: str  # "cpu" | "cuda" as the executor resolved it for the worker
+    progress: bool = False  # per-cell progress bars (only where one cell runs at a time in the terminal)
+
+
+@dataclass
+class CellOutcome:
+    """What a worker sends back: the record, and the artefacts the driver must write (by path relative to
+    the run directory) when the worker could not reach the run directory itself."""
+
+    record: CellRecord
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
+    """Run one cell where an executor placed it: ``data`` is (training dataset, evaluation dataset).
+
+    On a node that does not share the run directory (no ``suite.yaml`` at its path), artefacts go to a
+    scratch directory and come back as bytes; the record itself is always written by the driver.
+    """
+    import bench.metrics  # noqa: F401  (registers every metric name: a fresh worker process has none)
+
+    train_ds, ds = data
+    if spec.cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    staged = not (spec.run_dir / "suite.yaml").is_file()
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-cell-")) if staged else spec.run_dir
+    try:
+        rec = run_cell(spec.cell, spec.cfg, train_ds, ds, RunStore(out_dir), spec.run_dir.name,
+                       torch.device(spec.device), {"device": spec.device}, spec.suite_dir, spec.progress)
+        files = {rel: (out_dir / rel).read_bytes() for rel in rec.artifacts.values()} if staged else {}
+    finally:
+        if staged:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    rec.environment.update(host=platform.node(), torch_threads=torch.get_num_threads())
+    return CellOutcome(rec, files)
+
+
+def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.device) -> Shared:
+    """The datasets plus every cache file evaluation reads, built here once, before any cell runs.
+
+    Evaluating a few real test images with the suite's own options builds (or loads) the domain
+    classifier, the Inception weights and the reference features with their derived statistics,
+    exactly as the cells will ask for them; the files that took are then shipped with the data.
+    """
+    from bench.metrics.features import cache_files_in_use
+    from bench.metrics.quality import evaluate_quality, quick_quality
+
+    probe = ds.test_x[:256]
+    if "quality" in cfg.eval.metrics:
+        evaluate_quality(probe, ds, cfg.eval.quality, device)
+    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
+        quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
+    return Shared.with_cache_files((train_ds, ds), cache_files_in_use())
+
+
+def _lost_cell(cfg: SuiteConfig, spec: CellSpec, run_id: str, failure: TaskFailure) -> CellRecord:
+    """The record of a cell whose task died (out of memory, worker killed): failed, with the reason."""
+    m = spec.cell.model
+    return CellRecord(cfg.name, run_id, m.name, m.family, spec.cell.seed, "failed", spec.cell.budget.as_dict(), {}, [],
+                      environment={"device": spec.device}, error=failure.message)
+
+
 def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, device: torch.device,
                   n_train: int | None = None) -> str:
     lines = [f"suite {cfg.name}: {len(cells)} cells on {device.type}, output -> {run_dir}",
@@ -272,8 +347,15 @@ def run_suite(
     seeds: list[int] | None = None,
     dry_run: bool = False,
     quiet: bool = False,
+    executor: ExecutorConfig | None = None,
+    on_record: Callable[[Path, CellRecord], None] | None = None,
 ) -> Path | None:
-    """Run every cell of a suite and write the report. Returns the run directory (None for a dry run)."""
+    """Run every cell of a suite and write the report. Returns the run directory (None for a dry run).
+
+    ``executor`` overrides the suite's ``executor:`` (how cells run does not change what they measure, so a
+    run may be resumed on another executor). ``on_record(run_dir, record)`` is called after each record is
+    written (experiment tracking).
+    """
     device = resolve_device(cfg.device)
     cells = plan(cfg, only, seeds)
 
@@ -283,7 +365,7 @@ def run_suite(
         if run_dir is None or not (run_dir / "suite.yaml").is_file():
             raise BenchError(f"--resume: no earlier run of suite {cfg.name!r} under {reports_root / cfg.name}; run without --resume")
         before = yaml.safe_load((run_dir / "suite.yaml").read_text())
-        if before != json.loads(cfg.model_dump_json()):
+        if _what_runs(before) != _what_runs(json.loads(cfg.model_dump_json())):
             raise BenchError(f"--resume: {run_dir} was run with a different suite config; start a new run instead")
     elif dry_run:
         run_dir = out or reports_root / cfg.name / "<new run id>"
@@ -322,20 +404,41 @@ def run_suite(
         ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
     if not quiet:
         print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
-    todo = [c for c in cells if not store.has_record(c.id)]
+    todo = [c for c in cells if not store.has_record(c.id) or (resume and _failed(store, c.id))]
     if resume and not quiet:
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
     t_start = time.perf_counter()
-    for i, cell in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        try:
-            rec = run_cell(cell, cfg, train_ds, ds, store, run_id, device, env, suite_path.parent, progress=not quiet)
-        except KeyboardInterrupt:
-            raise BenchError(f"interrupted during {cell.id}; finished cells are kept: rerun with --resume --out {run_dir}") from None
+    runner: Executor = make_executor(executor or cfg.executor, suite_threads=cfg.threads, device=cfg.device,
+                                     resolved_device=device.type, quiet=quiet)
+    specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), runner.device,
+                      progress=not quiet and runner.slots == 1) for c in todo]
+
+    finished = [len(cells) - len(todo)]
+
+    def finish(spec: CellSpec, out: CellOutcome | TaskFailure) -> None:
+        """In the driver, as each cell ends: its artefacts, then its record (atomic), then tracking."""
+        rec = out.record if isinstance(out, CellOutcome) else _lost_cell(cfg, spec, run_id, out)
+        for rel, data in (out.files if isinstance(out, CellOutcome) else {}).items():
+            atomic_write_bytes(run_dir / rel, data)
         store.write_record(rec)
+        if on_record is not None:
+            on_record(run_dir, rec)
         if not quiet:
-            print(f"[{i}/{len(todo)}] {cell.id}: {rec.status}{' (' + rec.error + ')' if rec.error else ''} "
-                  f"in {time.perf_counter() - t0:.1f}s; {_headline(rec)}", flush=True)
+            finished[0] += 1
+            print(f"[{finished[0]}/{len(cells)}] {spec.cell.id}: {rec.status}"
+                  f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
+                  f"{_headline(rec)}", flush=True)
+
+    try:
+        if not quiet:
+            print(f"executor: {runner.describe()['setup']}", flush=True)
+        runner.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
+                       label=lambda spec: f"cell {spec.cell.id}")
+    except KeyboardInterrupt:
+        raise BenchError(f"interrupted; finished cells are kept: rerun with --resume --out {run_dir}") from None
+    finally:
+        note_executor(run_dir, runner.describe())
+        runner.close()
     if not quiet:
         print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 
@@ -344,6 +447,16 @@ def run_suite(
 
     write_report(run_dir)
     return run_dir
+
+
+def _what_runs(config: dict[str, Any]) -> dict[str, Any]:
+    """A suite config without ``executor``: where cells run is not what they measure."""
+    return {k: v for k, v in config.items() if k != "executor"}
+
+
+def _failed(store: RunStore, cell: str) -> bool:
+    """A recorded failure (a crash, a lost worker) is rerun by --resume; a divergence is a result and is kept."""
+    return json.loads(store.path("records", cell, "json").read_text()).get("status") == "failed"
 
 
 def _headline(rec: CellRecord) -> str:
