@@ -321,6 +321,12 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def check_executor(cfg: ExecutorConfig) -> None:
+    """Fail now, with how to install it, when the executor asked for needs a package that is missing."""
+    if cfg.name == "ray":
+        _import_ray()
+
+
 def make_executor(cfg: ExecutorConfig, *, suite_threads: int | None, device: Literal["auto", "cpu", "cuda"],
                   resolved_device: str, quiet: bool = False) -> Executor:
     """The executor a suite asks for. A Ray cell's torch threads are its ``num_cpus``, so a suite that sets

@@ -27,7 +27,7 @@ import yaml
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.executors import Executor, Shared, TaskFailure, make_executor, note_executor
+from bench.executors import Executor, Shared, TaskFailure, check_executor, make_executor, note_executor
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.results import CellRecord, Metric, cell_id, metric
 from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -358,6 +358,8 @@ def run_suite(
     """
     device = resolve_device(cfg.device)
     cells = plan(cfg, only, seeds)
+    executor = executor or cfg.executor
+    check_executor(executor)  # a missing optional install fails before any directory is made
 
     # 1. where the output goes: a fresh directory, or the one being resumed
     if resume:
@@ -408,7 +410,7 @@ def run_suite(
     if resume and not quiet:
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
     t_start = time.perf_counter()
-    runner: Executor = make_executor(executor or cfg.executor, suite_threads=cfg.threads, device=cfg.device,
+    runner: Executor = make_executor(executor, suite_threads=cfg.threads, device=cfg.device,
                                      resolved_device=device.type, quiet=quiet)
     specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), runner.device,
                       progress=not quiet and runner.slots == 1) for c in todo]
