@@ -1,8 +1,9 @@
 """Where tasks run: one after another in this process, or as Ray tasks on a cluster.
 
 A task is a module-level function ``fn(spec, shared) -> result`` (picklable: Ray ships it by
-reference) applied to each spec of a list. The cells of a suite, the points of a budget sweep and
-tuning trials all go through ``Executor.run_all``; the executor only schedules them. Everything
+reference) applied to each spec of a list. The cells of a suite and the points of a budget sweep
+go through ``Executor.run_all``, and tuning trials are meant to (a batch of trials asked from the
+sampler at a time, told back in ``on_result``); the executor only schedules them. Everything
 with meaning stays in the driver: ``on_result`` is called there, once per spec, as results arrive,
 so one process writes the run directory (records atomically, in completion order) whichever
 executor ran the work.
@@ -26,10 +27,12 @@ import json
 import math
 import os
 import platform
+import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -60,26 +63,34 @@ class TaskFailure:
 class Shared:
     """What every task of a run reads, built once by the driver.
 
-    ``objects`` is passed to ``fn`` as its second argument. ``files`` are cache files by path
-    relative to ``cache_dir()``, with their bytes: a worker writes those its node lacks.
+    ``objects`` is passed to ``fn`` as its second argument. ``cache_files`` are files under
+    ``cache_dir()`` that tasks read (feature nets, reference features): an executor that runs tasks
+    on other machines ships them (``pack``), and a worker writes those its node lacks (``unpack``).
     """
 
     objects: Any = None
-    files: dict[str, bytes] = field(default_factory=dict)
+    cache_files: list[Path] = field(default_factory=list)
 
-    @classmethod
-    def with_cache_files(cls, objects: Any, paths: Sequence[Path]) -> Shared:
-        """``objects`` plus the given cache files (and their ``.sha256`` sidecars) under ``cache_dir()``."""
+    def pack(self) -> Packed:
+        """The objects plus the bytes of every cache file and its ``.sha256`` sidecar, by path relative to the cache."""
         root = cache_dir().resolve()
         files: dict[str, bytes] = {}
-        for p in paths:
+        for p in self.cache_files:
             for f in (Path(p), sidecar(Path(p))):
                 f = f.resolve()
                 if f.is_file() and f.is_relative_to(root):  # a file elsewhere is the user's to provide
                     files[str(f.relative_to(root))] = f.read_bytes()
-        return cls(objects, files)
+        return Packed(self.objects, files)
 
-    def materialize(self) -> int:
+
+@dataclass
+class Packed:
+    """``Shared`` as it travels: objects and cache files by relative path, with their bytes."""
+
+    objects: Any
+    files: dict[str, bytes]
+
+    def unpack(self) -> int:
         """Write every cache file missing under this process's ``cache_dir()``; returns how many."""
         root, written = cache_dir(), 0
         for rel, data in sorted(self.files.items(), key=lambda kv: kv[0].endswith(".sha256"), reverse=True):
@@ -184,7 +195,7 @@ class LocalExecutor(_Timed):
 
 # --------------------------------------------------------------------------------------------- Ray
 
-_WORKER_SHARED: dict[str, Shared] = {}  # in each Ray worker process: the run's Shared, fetched once
+_WORKER_SHARED: dict[str, Packed] = {}  # in each Ray worker process: the run's shared data, fetched once
 
 
 def _ray_task(fn: TaskFn, spec: Any, shared_box: list, threads: int) -> tuple[Any, TaskTiming]:
@@ -198,7 +209,7 @@ def _ray_task(fn: TaskFn, spec: Any, shared_box: list, threads: int) -> tuple[An
     if key not in _WORKER_SHARED:
         _WORKER_SHARED.clear()  # one run's data at a time
         _WORKER_SHARED[key] = ray.get(ref)
-        _WORKER_SHARED[key].materialize()
+        _WORKER_SHARED[key].unpack()
     # honest budgets: a task uses the cores it reserved, so concurrent cells do not oversubscribe them
     torch.set_num_threads(threads)
     result = fn(spec, _WORKER_SHARED[key].objects)
@@ -242,8 +253,7 @@ class RayExecutor(_Timed):
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=store,
                              log_to_driver=not quiet)
             except ConnectionError as e:
-                raise BenchError(f"executor.ray.address {address!r}: cannot connect to a Ray cluster ({e}); "
-                                 f"start one with `ray start --head` or drop the address for a local instance") from None
+                raise _unreachable(address, _first_line(e)) from None
         resources = ray.cluster_resources()
         self.cluster = {"nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cpus": resources.get("CPU", 0),
                         "gpus": resources.get("GPU", 0)}
@@ -264,11 +274,10 @@ class RayExecutor(_Timed):
     def run_all(self, fn: TaskFn, specs: Sequence[Any], on_result: OnResult, shared: Shared | None = None,
                 label: Callable[[Any], str] = str) -> None:
         import ray
-        from ray.exceptions import (OutOfMemoryError, RayError, RayTaskError, TaskCancelledError,
-                                    WorkerCrashedError)
+        from ray.exceptions import OutOfMemoryError, RayError, RayTaskError, TaskCancelledError, WorkerCrashedError
 
         t_all = time.perf_counter()
-        box = [ray.put(shared or Shared())]  # the one copy every task reads
+        box = [ray.put((shared or Shared()).pack())]  # the one copy every task reads
         # the task name shows in `ray list tasks` and as the worker's process title (ray::cell <id>)
         pending = {self._remote.options(name=label(s)).remote(fn, s, box, self.threads): s for s in specs}
         try:
@@ -316,15 +325,37 @@ class RayExecutor(_Timed):
             ray.shutdown()
 
 
+def _unreachable(address: str, why: str) -> BenchError:
+    return BenchError(f"executor.ray.address {address!r}: cannot connect to a Ray cluster ({why}); "
+                      f"start one with `ray start --head` or drop the address for a local instance")
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a ``host:port`` nobody listens on: Ray itself keeps retrying for minutes."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto" and ray:// addresses: Ray's own errors are quick and clear
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {address}: {e.strerror or e}") from None
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
 
 
 def check_executor(cfg: ExecutorConfig) -> None:
-    """Fail now, with how to install it, when the executor asked for needs a package that is missing."""
+    """Fail now, before the run has a directory, when the executor asked for needs a package that is missing
+    or names a cluster that does not answer."""
     if cfg.name == "ray":
         _import_ray()
+        if cfg.ray.address:
+            try:
+                _check_reachable(cfg.ray.address)
+            except ConnectionError as e:
+                raise _unreachable(cfg.ray.address, str(e)) from None
 
 
 def make_executor(cfg: ExecutorConfig, *, suite_threads: int | None, device: Literal["auto", "cpu", "cuda"],

@@ -17,8 +17,9 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -312,7 +313,7 @@ def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.
         evaluate_quality(probe, ds, cfg.eval.quality, device)
     if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
         quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
-    return Shared.with_cache_files((train_ds, ds), cache_files_in_use())
+    return Shared((train_ds, ds), cache_files_in_use())
 
 
 def _lost_cell(cfg: SuiteConfig, spec: CellSpec, run_id: str, failure: TaskFailure) -> CellRecord:

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.executors import LocalExecutor, RayExecutor, Shared  # noqa: E402
+from bench.executors import LocalExecutor, RayExecutor, Shared  # noqa: E402 (after the path insert)
 
 
 def nothing(spec: int, shared: object) -> int:

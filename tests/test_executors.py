@@ -19,8 +19,7 @@ import torch
 
 from bench.config import ExecutorConfig, RayOptions, load_suite, parse_suite
 from bench.errors import BenchError
-from bench.executors import (LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, max_concurrent,
-                             note_executor)
+from bench.executors import LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, max_concurrent, note_executor
 from bench.io import sidecar
 from conftest import ROOT, TINY, run_cli
 
@@ -40,7 +39,9 @@ def _records(run_dir: Path) -> dict[str, dict]:
 
 
 def test_max_concurrent_counts_overlaps():
-    t = lambda a, b: TaskTiming("h", a, b)  # noqa: E731
+    def t(a: float, b: float) -> TaskTiming:
+        return TaskTiming("h", a, b)
+
     assert max_concurrent([]) == 0
     assert max_concurrent([t(0, 2), t(2, 4), t(4, 6)]) == 1  # back to back: an end sorts before a start
     assert max_concurrent([t(0, 3), t(1, 4), t(2, 5), t(4.5, 6)]) == 3
@@ -74,13 +75,14 @@ def test_cache_files_travel_and_are_written_only_where_missing(tmp_path, monkeyp
     sidecar(f).write_text("0" * 64 + "  domain-x.pt\n")
     (tmp_path / "elsewhere.pt").write_bytes(b"not in the cache")
     monkeypatch.setenv("BENCH_CACHE", str(a))
-    shared = Shared.with_cache_files("objects", [f, tmp_path / "elsewhere.pt"])
-    assert sorted(shared.files) == ["features/domain-x.pt", "features/domain-x.pt.sha256"]
+    packed = Shared("objects", [f, tmp_path / "elsewhere.pt"]).pack()
+    assert packed.objects == "objects"
+    assert sorted(packed.files) == ["features/domain-x.pt", "features/domain-x.pt.sha256"]
     monkeypatch.setenv("BENCH_CACHE", str(b))  # another node: an empty cache
-    assert shared.materialize() == 2
+    assert packed.unpack() == 2
     assert (b / "features" / "domain-x.pt").read_bytes() == b"weights"
     assert sidecar(b / "features" / "domain-x.pt").is_file()
-    assert shared.materialize() == 0  # a second task on that node finds them
+    assert packed.unpack() == 0  # a second task on that node finds them
 
 
 def test_executor_config_short_form_and_errors(tmp_path):
@@ -152,6 +154,15 @@ def test_address_and_tracking_uri_need_their_options(tmp_path, write_suite):
     assert r.returncode == 2 and "--address auto: is for the ray executor; add --executor ray" in r.stderr
     r = run_cli("run", str(p), "--tracking-uri", "sqlite:///x.db", "--dry-run")
     assert r.returncode == 2 and "--tracking-uri is for --track mlflow" in r.stderr
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_and_leaves_no_directory(tmp_path, write_suite):
+    pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
+    p = write_suite(TINY)
+    r = run_cli("run", str(p), "--executor", "ray", "--address", "127.0.0.1:1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2, r.stderr
+    assert "executor.ray.address '127.0.0.1:1': cannot connect to a Ray cluster (nothing answers" in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_mlflow_holds_every_cell_with_its_metrics(tmp_path, write_suite):
