@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -411,12 +411,12 @@ def run_suite(
     if resume and not quiet:
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
     t_start = time.perf_counter()
-    runner: Executor = make_executor(executor, suite_threads=cfg.threads, device=cfg.device,
-                                     resolved_device=device.type, quiet=quiet)
-    specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), runner.device,
-                      progress=not quiet and runner.slots == 1) for c in todo]
+    pool: Executor = make_executor(executor, suite_threads=cfg.threads, device=cfg.device,
+                                   resolved_device=device.type, quiet=quiet)
+    specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), pool.device,
+                      progress=not quiet and pool.slots == 1) for c in todo]
 
-    finished = [len(cells) - len(todo)]
+    finished = len(cells) - len(todo)
 
     def finish(spec: CellSpec, out: CellOutcome | TaskFailure) -> None:
         """In the driver, as each cell ends: its artefacts, then its record (atomic), then tracking."""
@@ -426,22 +426,23 @@ def run_suite(
         store.write_record(rec)
         if on_record is not None:
             on_record(run_dir, rec)
+        nonlocal finished
+        finished += 1
         if not quiet:
-            finished[0] += 1
-            print(f"[{finished[0]}/{len(cells)}] {spec.cell.id}: {rec.status}"
+            print(f"[{finished}/{len(cells)}] {spec.cell.id}: {rec.status}"
                   f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
                   f"{_headline(rec)}", flush=True)
 
     try:
         if not quiet:
-            print(f"executor: {runner.describe()['setup']}", flush=True)
-        runner.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
-                       label=lambda spec: f"cell {spec.cell.id}")
+            print(f"executor: {pool.describe()['setup']}", flush=True)
+        pool.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
+                     label=lambda spec: f"cell {spec.cell.id}")
     except KeyboardInterrupt:
         raise BenchError(f"interrupted; finished cells are kept: rerun with --resume --out {run_dir}") from None
     finally:
-        note_executor(run_dir, runner.describe())
-        runner.close()
+        note_executor(run_dir, pool.describe())
+        pool.close()
     if not quiet:
         print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 
