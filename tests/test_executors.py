@@ -108,7 +108,15 @@ def test_note_executor_appends_one_entry_per_invocation(tmp_path):
     assert env["torch"] == "x" and [e["summary"] for e in env["executors"]] == ["first", "resumed"]
 
 
-def test_cell_on_a_node_without_the_run_directory_sends_its_artefacts_back(tmp_path, write_suite):
+@pytest.fixture
+def _restore_determinism():
+    """execute_cell turns on torch's deterministic algorithms for the process, as a worker should; not for pytest's."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_cell_on_a_node_without_the_run_directory_sends_its_artefacts_back(tmp_path, write_suite, _restore_determinism):
     from bench.data import load_dataset
     from bench.runner import CellOutcome, CellSpec, execute_cell, plan
 
