@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.errors import BenchError
 from bench.registry import Registry
+
+if TYPE_CHECKING:  # the CLI imports the schema only for commands that read a suite (`bench list` stays fast)
+    from bench.config import ExecutorConfig
 
 
 def _seeds(text: str) -> list[int]:
@@ -38,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="record a cell that runs longer than this (training + evaluation) as failed and go on")
     r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json (default: the suite's "
                    "compare.baseline); exit 1 on a regression")
+    r.add_argument("--executor", choices=["local", "ray"], help="where cells run (default: the suite's executor:, "
+                   "else local): local = one after another in this process, ray = one Ray task per cell")
+    r.add_argument("--address", help="with --executor ray: a running Ray cluster (auto, host:6379, ray://host:10001); "
+                   "default: a local Ray instance on this machine")
+    r.add_argument("--track", choices=["mlflow"], help="also log every cell (config, metrics, artefacts) to MLflow")
+    r.add_argument("--tracking-uri", help="with --track mlflow: where (default: $MLFLOW_TRACKING_URI, else a local "
+                   "store in ./mlruns)")
     r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a suite file and print its resolved plan")
@@ -123,6 +134,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(suite: ExecutorConfig, name: str | None, address: str | None) -> ExecutorConfig:
+    """The suite's ``executor:`` with the command line's --executor and --address over it."""
+    name = name or suite.name
+    if address and name != "ray":
+        raise BenchError(f"--address {address}: is for the ray executor; add --executor ray")
+    ray = suite.ray.model_copy(update={"address": address}) if address else suite.ray
+    return suite.model_copy(update={"name": name, "ray": ray})
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "list":
         return _cmd_list()
@@ -149,9 +169,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_suite(cfg, args.suite, dry_run=True)
         print(f"{args.suite}: ok")
         return 0
+    tracker = None
+    if args.track == "mlflow" and not args.dry_run:
+        from bench.tracking import MlflowTracker
+
+        tracker = MlflowTracker(cfg.name, args.tracking_uri)
+    elif args.tracking_uri:
+        raise BenchError("--tracking-uri is for --track mlflow; add --track mlflow or drop it")
     run_dir = run_suite(cfg, args.suite, out=args.out, reports_root=args.reports_root, resume=args.resume,
                         only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet,
-                        cell_time_limit=args.cell_time_limit)
+                        cell_time_limit=args.cell_time_limit,
+                        executor=_executor(cfg.executor, args.executor, args.address),
+                        on_record=tracker.log_cell if tracker else None)
     if run_dir is None:
         return 0
     print(f"report: {run_dir / 'index.html'}")

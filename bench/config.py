@@ -78,6 +78,8 @@ class EvalConfig(BaseModel):
     def evaluators(self) -> list[Evaluator]:
         """The evaluators a cell runs, with their options: those named in ``metrics`` plus those that always
         run, in registration order (the order of their metrics in records and reports)."""
+        for name in self.metrics:  # resolve evaluators from outside bench (a fresh worker process has not yet)
+            EVALUATORS.get(name)
         return [cls(self.options(name)) for name, cls in EVALUATORS.in_order() if cls.always or name in self.metrics]
 
 
@@ -108,6 +110,21 @@ class ModelConfig(_Strict):
     debug: DebugConfig = DebugConfig()  # fault injection for tests
 
 
+class RayOptions(_Strict):
+    """Resources of one cell as a Ray task, and which cluster runs it."""
+
+    num_cpus: float | None = Field(None, gt=0)  # CPUs per cell, also its torch threads; None: the suite's threads, else 1
+    num_gpus: float | None = Field(None, ge=0)  # GPUs per cell; None: 1 where the cluster has GPUs and device is not cpu
+    address: str | None = None  # a running cluster ("auto", "host:6379", "ray://host:10001"); None: a local instance
+
+
+class ExecutorConfig(_Strict):
+    """``executor: ray`` or ``executor: {name: ray, ray: {num_cpus: 2}}``; ``--executor`` overrides the name."""
+
+    name: Literal["local", "ray"] = "local"  # local: cells one after another in this process; ray: one Ray task per cell
+    ray: RayOptions = RayOptions()  # used when name is ray
+
+
 class SuiteConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run directory reports/<name>/<run-id>
     description: str = ""  # free text, shown in the report
@@ -124,6 +141,7 @@ class SuiteConfig(_Strict):
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None = torch's default
     eval: EvalConfig = EvalConfig()  # what is measured after training
     compare: CompareOptions = CompareOptions()  # tolerances for `bench compare`
+    executor: ExecutorConfig = ExecutorConfig()  # where cells run (how, not what: --resume may change it)
     models: list[ModelConfig] = Field(min_length=1)  # the families under test
 
     def expanded_models(self) -> list[ModelConfig]:
@@ -383,8 +401,9 @@ def parse_suite(text: str, source: str = "<suite>") -> SuiteConfig:
     if not isinstance(raw, dict):
         raise BenchError(f"{source}:1: a suite is a YAML mapping with keys name, dataset, budget, models, ...")
     lines = _line_map(node) if node is not None else {}
-    if isinstance(raw.get("dataset"), str):
-        raw["dataset"] = {"name": raw["dataset"]}
+    for key in ("dataset", "executor"):  # the short form names the thing
+        if isinstance(raw.get(key), str):
+            raw[key] = {"name": raw[key]}
     try:
         cfg = SuiteConfig.model_validate(raw)
     except ValidationError as e:

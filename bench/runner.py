@@ -12,12 +12,15 @@ import gc
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,16 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from bench.config import Budget, ModelConfig, SuiteConfig
+from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
+from bench.executors import Executor, Shared, TaskFailure, check_executor, make_executor, note_executor
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
 from bench.results import CellRecord, cell_id
 from bench.engine import TrainSettings
-from bench.io import (atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
+from bench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
                       torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
 from bench.store import LOCK_NAME, RunLock, RunStore, describe_owner, latest_run_dir, lock_holder, new_run_dir
 from bench.train import Spent, TrainContext, TrainResult, steps_for, train
@@ -314,6 +318,85 @@ def _save_samples(path: Path, samples: torch.Tensor) -> None:
     write_with_sidecar(path, lambda f: np.savez_compressed(f, samples=samples.numpy()))
 
 
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as a unit of work: everything a worker needs but the datasets (those travel once, in
+    ``Shared``). Picklable, so an executor can send it to another process or machine."""
+
+    cfg: SuiteConfig
+    cell: Cell
+    run_dir: Path  # absolute: where the driver writes this run
+    suite_dir: Path  # absolute: checkpoint paths in the suite are relative to it
+    device: str  # "cpu" | "cuda" as the executor resolved it for the worker
+    progress: bool = False  # per-cell progress bars (only where one cell runs at a time in the terminal)
+    time_limit: float | None = None  # seconds; past it the cell is recorded as failed (--cell-time-limit)
+
+
+@dataclass
+class CellOutcome:
+    """What a worker sends back: the record, and the artefacts the driver must write (by path relative to
+    the run directory) when the worker could not reach the run directory itself."""
+
+    record: CellRecord
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
+    """Run one cell where an executor placed it: ``data`` is (training dataset, evaluation dataset).
+
+    On a node that does not share the run directory (no ``suite.yaml`` at its path), artefacts go to a
+    scratch directory and come back as bytes; the record itself is always written by the driver.
+    """
+    import bench.metrics  # noqa: F401  (registers every metric name: a fresh worker process has none)
+
+    train_ds, ds = data
+    if spec.cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    staged = not (spec.run_dir / "suite.yaml").is_file()
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-cell-")) if staged else spec.run_dir
+    try:
+        store, env = RunStore(out_dir), {"device": spec.device}
+        try:
+            with _time_limit(spec.time_limit):
+                rec = run_cell(spec.cell, spec.cfg, train_ds, ds, store, spec.run_dir.name,
+                               torch.device(spec.device), env, spec.suite_dir, spec.progress)
+        except CellTimeLimit as e:
+            rec = _new_record(spec.cell, spec.cfg, spec.run_dir.name, env)
+            _record_failure(rec, store, e)
+        files = {rel: (out_dir / rel).read_bytes() for rel in rec.artifacts.values()} if staged else {}
+    finally:
+        if staged:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    rec.environment.update(host=platform.node(), torch_threads=torch.get_num_threads())
+    return CellOutcome(rec, files)
+
+
+def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.device) -> Shared:
+    """The datasets plus every cache file evaluation reads, built here once, before any cell runs.
+
+    Evaluating a few real test images with the suite's own options builds (or loads) the domain
+    classifier, the Inception weights and the reference features with their derived statistics,
+    exactly as the cells will ask for them; the files that took are then shipped with the data.
+    """
+    from bench.metrics.fidelity import cache_files_in_use
+    from bench.metrics.quality import evaluate_quality, quick_quality
+
+    probe = ds.test_x[:256]
+    if "quality" in cfg.eval.metrics:
+        evaluate_quality(probe, ds, cfg.eval.options("quality"), device)
+    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
+        quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
+    return Shared((train_ds, ds), cache_files_in_use())
+
+
+def _lost_cell(cfg: SuiteConfig, spec: CellSpec, run_id: str, failure: TaskFailure) -> CellRecord:
+    """The record of a cell whose task died (out of memory, worker killed): failed, with the reason."""
+    m = spec.cell.model
+    return CellRecord(cfg.name, run_id, m.name, m.family, spec.cell.seed, "failed", spec.cell.budget.as_dict(), {}, [],
+                      environment={"device": spec.device}, error=failure.message)
+
+
 def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, device: torch.device,
                   n_train: int | None = None) -> str:
     lines = [f"suite {cfg.name}: {len(cells)} cells on {device.type}, output -> {run_dir}",
@@ -341,17 +424,23 @@ def run_suite(
     dry_run: bool = False,
     quiet: bool = False,
     cell_time_limit: float | None = None,
+    executor: ExecutorConfig | None = None,
+    on_record: Callable[[Path, CellRecord], None] | None = None,
 ) -> Path | None:
     """Run every cell of a suite and write the report. Returns the run directory (None for a dry run).
 
     One process writes a run directory at a time (``RunLock``). A cell that raises, runs out of memory
     or runs past ``cell_time_limit`` seconds is recorded as ``failed`` with its reason and traceback,
-    and the suite goes on.
+    and the suite goes on. ``executor`` overrides the suite's ``executor:`` (how cells run does not
+    change what they measure, so a run may be resumed on another executor). ``on_record(run_dir,
+    record)`` is called after each record is written (experiment tracking).
     """
     device = resolve_device(cfg.device)
     cells = plan(cfg, only, seeds)
     if cell_time_limit is not None and not cell_time_limit > 0:
         raise BenchError(f"--cell-time-limit must be a positive number of seconds, got {cell_time_limit}")
+    executor = executor or cfg.executor
+    check_executor(executor)  # a missing optional install fails before any directory is made
 
     # 1. where the output goes: a fresh directory, or the one being resumed
     if dry_run and not resume:
@@ -393,26 +482,42 @@ def run_suite(
         if not quiet:
             print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
         store.records()  # a record that fails its checks stops a resume before anything runs
-        todo = [c for c in cells if not store.has_record(c.id)]
+        todo = [c for c in cells if not store.has_record(c.id) or (resume and _failed(store, c.id))]
         if resume and not quiet:
             print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
         t_start = time.perf_counter()
-        for i, cell in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            try:
-                with _time_limit(cell_time_limit):
-                    rec = run_cell(cell, cfg, train_ds, ds, store, run_id, device, env, suite_path.parent,
-                                   progress=not quiet)
-            except CellTimeLimit as e:
-                rec = _new_record(cell, cfg, run_id, env)
-                _record_failure(rec, store, e)
-            except KeyboardInterrupt:
-                raise BenchError(f"interrupted during {cell.id}; finished cells are kept: rerun with --resume --out {run_dir}") from None
-            fault_point(f"record:{cell.id}")
+        pool: Executor = make_executor(executor, suite_threads=cfg.threads, device=cfg.device,
+                                       resolved_device=device.type, quiet=quiet)
+        specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), pool.device,
+                          progress=not quiet and pool.slots == 1, time_limit=cell_time_limit) for c in todo]
+        finished = len(cells) - len(todo)
+
+        def finish(spec: CellSpec, out: CellOutcome | TaskFailure) -> None:
+            """In the driver, as each cell ends: its artefacts, then its record (atomic), then tracking."""
+            rec = out.record if isinstance(out, CellOutcome) else _lost_cell(cfg, spec, run_id, out)
+            for rel, data in (out.files if isinstance(out, CellOutcome) else {}).items():
+                atomic_write_bytes(run_dir / rel, data)
+            fault_point(f"record:{spec.cell.id}")
             store.write_record(rec)
+            if on_record is not None:
+                on_record(run_dir, rec)
+            nonlocal finished
+            finished += 1
             if not quiet:
-                print(f"[{i}/{len(todo)}] {cell.id}: {rec.status}{' (' + rec.error + ')' if rec.error else ''} "
-                      f"in {time.perf_counter() - t0:.1f}s; {_headline(rec)}", flush=True)
+                print(f"[{finished}/{len(cells)}] {spec.cell.id}: {rec.status}"
+                      f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
+                      f"{_headline(rec)}", flush=True)
+
+        try:
+            if not quiet:
+                print(f"executor: {pool.describe()['setup']}", flush=True)
+            pool.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
+                         label=lambda spec: f"cell {spec.cell.id}")
+        except KeyboardInterrupt:
+            raise BenchError(f"interrupted; finished cells are kept: rerun with --resume --out {run_dir}") from None
+        finally:
+            note_executor(run_dir, pool.describe())
+            pool.close()
         if not quiet:
             print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 
@@ -446,7 +551,7 @@ def _claim_run_dir(cfg: SuiteConfig, out: Path | None, reports_root: Path, resum
             raise BenchError(f"--resume: {run_dir} has records but no suite.yaml; it was not written by bench run")
         if not fresh:
             before = yaml.safe_load((run_dir / "suite.yaml").read_text())
-            if before != json.loads(cfg.model_dump_json()):
+            if _what_runs(before) != _what_runs(json.loads(cfg.model_dump_json())):
                 lock.release()
                 raise BenchError(f"--resume: {run_dir} was run with a different suite config; start a new run instead")
         return run_dir, lock, fresh
@@ -463,6 +568,16 @@ def _claim_run_dir(cfg: SuiteConfig, out: Path | None, reports_root: Path, resum
                          f"(--resume --out {out} finishes an interrupted run)")
     out.mkdir(parents=True, exist_ok=True)
     return out, RunLock(out).acquire(), True
+
+
+def _what_runs(config: dict[str, Any]) -> dict[str, Any]:
+    """A suite config without ``executor``: where cells run is not what they measure."""
+    return {k: v for k, v in config.items() if k != "executor"}
+
+
+def _failed(store: RunStore, cell: str) -> bool:
+    """A recorded failure (a crash, a lost worker) is rerun by --resume; a divergence is a result and is kept."""
+    return json.loads(store.path("records", cell, "json").read_text()).get("status") == "failed"
 
 
 def _headline(rec: CellRecord) -> str:

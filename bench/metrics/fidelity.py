@@ -20,6 +20,7 @@ evaluators import it where metrics are computed, so ``bench list`` and ``validat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -183,3 +184,13 @@ def clear_memory_caches() -> None:
     """Forget loaded extractors and references (tests that point BENCH_CACHE elsewhere)."""
     _EXTRACTORS.clear()
     clear_references()
+
+
+def cache_files_in_use() -> list[Path]:
+    """The files behind the extractors and references this process has loaded (net weights, reference
+    features): what a worker on another machine needs to evaluate without rebuilding them (executors)."""
+    from bench.metrics.caches import _REFERENCES
+
+    paths = {Path(key[1]) for key in _EXTRACTORS if key[1]}
+    paths |= {Path(ref["_path"]) for ref in _REFERENCES.values() if "_path" in ref}
+    return sorted(p for p in paths if p.is_file())
