@@ -170,30 +170,36 @@ class KidPlan:
         return torch.from_numpy(np.stack(gen)), torch.from_numpy(np.stack(real))
 
 
-def _kernel_sums(a: torch.Tensor, b: torch.Tensor, drop_diagonal: bool) -> torch.Tensor:
+def _kernel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-subset sums of torch-fidelity's ``kernel_poly`` k(x, y) = (x.y / F + 1)^3, (S,) float64.
 
-    a, b: (S, m, F) subsets. ``drop_diagonal``: a is b, and the i == j terms are left out
-    (``mmd2``'s ``Kt_XX``). The matrix product of ``[x / F, 1]`` and ``[y, 1]`` gives
-    ``x.y / F + 1`` directly; the cube is summed row by row (m terms in the features' precision)
+    a: (S, m, F), b: (S, m', F). The matrix product of ``[x / F, 1]`` and ``[y, 1]`` gives
+    ``x.y / F + 1`` directly; cubes are summed row by row in the features' precision (m' terms)
     and the rows in float64, so the sums carry no more rounding than the kernel values do.
     """
-    s, m, f = a.shape
-    one = torch.ones(s, m, 1, dtype=a.dtype)
-    t = torch.cat([a / f, one], 2) @ torch.cat([b, one], 2).transpose(1, 2)  # (S, m, m): x.y / F + 1
-    rows = torch.linalg.vecdot(t * t, t)  # (S, m): sum_j t_ij^3
-    total = rows.double().sum(1)
-    if drop_diagonal:
-        total -= t.diagonal(dim1=1, dim2=2).double().pow(3).sum(1)
-    return total
+    s, _, f = a.shape
+    t = torch.cat([a / f, a.new_ones(s, a.shape[1], 1)], 2) @ torch.cat([b, b.new_ones(s, b.shape[1], 1)], 2).transpose(1, 2)
+    return t.pow_(3).sum(2).double().sum(1)
 
 
-def _subset_sums(x: torch.Tensor, idx_x: torch.Tensor, y: torch.Tensor, idx_y: torch.Tensor, same: bool,
+def _off_diagonal_kernel_sums(a: torch.Tensor) -> torch.Tensor:
+    """sum_{i != j} k(a_i, a_j) per subset (``mmd2``'s ``Kt_XX`` sum), (S,) float64, from 3/4 of the
+    products: with a = [h1; h2], the sum is K(h1, h1) + K(h2, h2) + 2 K(h1, h2), less the diagonal."""
+    h = a.shape[1] // 2
+    h1, h2 = a[:, :h], a[:, h:]
+    diagonal = (a.pow(2).sum(2) / a.shape[2] + 1).double().pow(3).sum(1)  # k(x, x) = (|x|^2 / F + 1)^3
+    return _kernel_sums(h1, h1) + _kernel_sums(h2, h2) + 2 * _kernel_sums(h1, h2) - diagonal
+
+
+def _subset_sums(x: torch.Tensor, idx_x: torch.Tensor, y: torch.Tensor | None, idx_y: torch.Tensor | None,
                  chunk_elements: int) -> torch.Tensor:
-    """``_kernel_sums`` over all subsets, a few subsets per batched matrix product, (S,) float64."""
+    """Kernel sums of subsets ``x[idx_x[s]]`` with ``y[idx_y[s]]`` (or, ``y`` None, off-diagonal within
+    ``x[idx_x[s]]``), (S,) float64; a few subsets per batched matrix product."""
     s, m = idx_x.shape
     per = max(1, chunk_elements // (m * m))
-    return torch.cat([_kernel_sums(x[idx_x[i : i + per]], y[idx_y[i : i + per]], same) for i in range(0, s, per)])
+    if y is None:
+        return torch.cat([_off_diagonal_kernel_sums(x[idx_x[i : i + per]]) for i in range(0, s, per)])
+    return torch.cat([_kernel_sums(x[idx_x[i : i + per]], y[idx_y[i : i + per]]) for i in range(0, s, per)])
 
 
 def _kid_from_sums(xx: torch.Tensor, yy: torch.Tensor, xy: torch.Tensor, m: int) -> tuple[float, float]:
@@ -248,7 +254,7 @@ class RealStats:
             key = kid.key(n_gen, self.n)
             if key not in self.kid_sums:
                 _, idx = kid.draws(n_gen, self.n)
-                self.kid_sums[key] = _subset_sums(real, idx, real, idx, True, BLOCK_ELEMENTS)
+                self.kid_sums[key] = _subset_sums(real, idx, None, None, BLOCK_ELEMENTS)
                 added = True
         return added
 
@@ -306,8 +312,8 @@ def kid(gen: torch.Tensor, real: torch.Tensor, stats: RealStats, plan: KidPlan,
     real-real kernel sums from ``stats`` (computed there on first use of the plan)."""
     stats.ensure(real, kid=plan, n_gen=len(gen))
     gen_idx, real_idx = plan.draws(len(gen), len(real))
-    xx = _subset_sums(gen, gen_idx, gen, gen_idx, True, chunk_elements)
-    xy = _subset_sums(gen, gen_idx, real, real_idx, False, chunk_elements)
+    xx = _subset_sums(gen, gen_idx, None, None, chunk_elements)
+    xy = _subset_sums(gen, gen_idx, real, real_idx, chunk_elements)
     return _kid_from_sums(xx, stats.kid_sums[plan.key(len(gen), len(real))], xy, plan.subset_size)
 
 
