@@ -121,24 +121,48 @@ def _row_step(n_cols: int, block_elements: int) -> int:
     return max(1, block_elements // max(1, n_cols))
 
 
-def knn_radii(x: torch.Tensor, ks: list[int], block_elements: int = BLOCK_ELEMENTS) -> dict[int, torch.Tensor]:
+def knn_radii(x: torch.Tensor, ks: Iterable[int], block_elements: int = BLOCK_ELEMENTS) -> dict[int, torch.Tensor]:
     """Distance of each point to its k-th nearest *other* point, {k: (N,)}, for several k in one pass.
 
     The (k+1)-th smallest distance of a row (the point itself is at distance 0): torch-fidelity's
-    ``kthvalue(k + 1)`` of ``cdist(x, x)`` and prdc's radii. ``topk`` on the squared values picks
-    the same element (the square root is monotone) and is ~4x faster than ``kthvalue``.
+    ``kthvalue(k + 1)`` of ``cdist(x, x)`` and prdc's radii, taken on the squared values (the
+    square root is monotone, so it is the same element).
     """
+    ks = sorted(set(ks))
     n = len(x)
     if not ks:
         return {}
     if not all(1 <= k < n for k in ks):
-        raise ValueError(f"k in {sorted(ks)} needs 1 <= k < number of points ({n})")
+        raise ValueError(f"k in {ks} needs 1 <= k < number of points ({n})")
     geo = _Geometry.of(n, n)
     left, right = geo.rows(x, left=True), geo.rows(x, left=False)
-    step = _row_step(n, block_elements)
-    nearest = torch.cat([geo.values(left[i : i + step], right).topk(max(ks) + 1, dim=1, largest=False).values
-                         for i in range(0, n, step)])  # (N, max k + 1), ascending
+    if geo.mm and n % _GROUPS:  # pad to whole groups with points at infinite distance: [0, 1, inf]
+        pad = torch.zeros(_GROUPS - n % _GROUPS, right.shape[1], dtype=x.dtype)
+        pad[:, -2:] = torch.tensor([1.0, math.inf])
+        right = torch.cat([right, pad])
+    step = _row_step(len(right), block_elements)
+    nearest = torch.cat([_smallest(geo.values(left[i : i + step], right), ks[-1] + 1) for i in range(0, n, step)])
     return {k: geo.distance(nearest[:, k]) for k in ks}
+
+
+_GROUPS = 16  # column groups of the k-smallest search
+
+
+def _smallest(v: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` smallest values of each row, ascending, (B, count): ``topk`` on a shortlist.
+
+    The columns are split into groups of ``_GROUPS`` (column j in group j mod n/_GROUPS); the
+    ``count`` smallest values of a row lie in the ``count`` groups with the smallest minima (a
+    group without one of them has its minimum at or above the count-th smallest value), so
+    ``topk`` runs on those groups only: ~2.5x faster than on the whole row, same values.
+    """
+    b, n = v.shape
+    if n % _GROUPS or n // _GROUPS < 4 * count:
+        return v.topk(count, dim=1, largest=False).values
+    grouped = v.view(b, _GROUPS, n // _GROUPS)
+    best = grouped.amin(1).topk(count, dim=1, largest=False).indices  # (B, count) groups
+    shortlist = grouped.gather(2, best[:, None, :].expand(-1, _GROUPS, -1)).view(b, -1)
+    return shortlist.topk(count, dim=1, largest=False).values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,21 +364,26 @@ def neighbourhood_metrics(gen: torch.Tensor, real: torch.Tensor, stats: RealStat
         real_in_gen = torch.zeros(m, dtype=torch.bool)
     if dc_k is not None:
         dc_t = geo.threshold(stats.radii[dc_k], strict=True)
-        inside_per_real = torch.zeros(m, dtype=torch.int64)
+        covered = torch.zeros(m, dtype=torch.bool)
+        inside = 0
     step = _row_step(n, block_elements)
+    work = torch.empty(min(step, m), n, dtype=gen.dtype)  # reused: no page faults from a fresh 32 MB per block
     for i in range(0, m, step):
         rows = slice(i, i + step)
         v = geo.values(left[rows], right)  # (b, N)
+        w = work[: len(v)]
         if pr_k is not None:
-            margin_gen = torch.minimum(margin_gen, (v - real_t[rows, None]).amin(0))
-            real_in_gen[rows] = (v - gen_t).amin(1) <= 0
+            margin_gen = torch.minimum(margin_gen, torch.sub(v, real_t[rows, None], out=w).amin(0))
+            real_in_gen[rows] = torch.sub(v, gen_t, out=w).amin(1) <= 0
         if dc_k is not None:
-            inside_per_real[rows] = (v <= dc_t[rows, None]).sum(1)  # samples inside real ball i
+            torch.sub(v, dc_t[rows, None], out=w)  # <= 0: sample j inside real ball i
+            covered[rows] = w.amin(1) <= 0
+            inside += int(torch.count_nonzero(w <= 0))
     out: dict[str, float] = {}
     if pr_k is not None:  # float32 means, as torch-fidelity's .float().mean().item()
         out["precision"] = (margin_gen <= 0).float().mean().item()
         out["recall"] = real_in_gen.float().mean().item()
     if dc_k is not None:
-        out["density"] = int(inside_per_real.sum()) / (dc_k * n)
-        out["coverage"] = (inside_per_real > 0).double().mean().item()
+        out["density"] = inside / (dc_k * n)
+        out["coverage"] = covered.double().mean().item()
     return out
