@@ -44,15 +44,16 @@ def _pair(ties: bool, n: int, m: int, d: int, seed: int, dtype=torch.float32) ->
 # Distances and thresholds
 
 
-@pytest.mark.parametrize("n,m", [(300, 200), (20, 25), (20, 26)])
+@pytest.mark.parametrize("n,m", [(300, 200), (20, 25), (20, 26), (129, 40)])
 def test_distance_values_are_bit_identical_to_cdist_in_any_blocking(n, m):
     a, b = _features(n, 16, 0), _features(m, 16, 1)
     geo = fast._Geometry.of(n, m)
     assert geo.mm == (max(n, m) > 25)  # cdist's own switch between its two formulas
     left, right = geo.rows(a, left=True), geo.rows(b, left=False)
     want = torch.cdist(a, b)
-    for step in (n, 7):
-        got = torch.cat([geo.distance(geo.values(left[i : i + step], right)) for i in range(0, n, step)])
+    for block_elements in (n * m, 1):  # one block; the smallest blocks the passes make
+        blocks = fast._row_blocks(n, m, block_elements)
+        got = torch.cat([geo.distance(geo.values(left[rows], right)) for rows in blocks])
         assert torch.equal(got, want)
 
 
@@ -74,7 +75,7 @@ def test_squared_thresholds_decide_exactly_like_distances(dtype):
 @pytest.mark.parametrize("n", [100, 403])  # 403: padded to whole column groups of the shortlist search
 def test_knn_radii_are_torch_fidelitys_kthvalue(n):
     x = torch.cat([_grid(n - 100, 4, 3), _features(100, 4, 4)])  # ties and no ties
-    radii = fast.knn_radii(x, [1, 3, 5], block_elements=1000)
+    radii = fast.knn_radii(x, [1, 3, 5], block_elements=1)
     d = torch.cdist(x, x)
     for k in (1, 3, 5):
         assert torch.equal(radii[k], d.kthvalue(k + 1).values)
@@ -96,7 +97,7 @@ def _torch_fidelity_pr(gen, real, k, save_cpu_ram=False):
 def test_precision_recall_exactly_torch_fidelitys(k, ties):
     gen, real = _pair(ties, 420, 500, 6 if ties else 12, 5)
     stats = fast.RealStats.build(real)
-    got = fast.neighbourhood_metrics(gen, real, stats, pr_k=k, dc_k=None, block_elements=3000)  # 6-row blocks
+    got = fast.neighbourhood_metrics(gen, real, stats, pr_k=k, dc_k=None, block_elements=1)  # blocks of the fewest rows
     assert (got["precision"], got["recall"]) == _torch_fidelity_pr(gen, real, k)  # exactly, ties included
     if not ties:  # torch-fidelity's save_cpu_ram mode computes cdist(gen, real): equal wherever no pair ties
         assert (got["precision"], got["recall"]) == _torch_fidelity_pr(gen, real, k, save_cpu_ram=True)
@@ -177,7 +178,7 @@ def test_kid_plan_draws_are_torch_fidelitys_and_checked():
 def test_density_coverage_equal_prdc_in_float64(ties, capsys):
     """prdc (sklearn distances in float64) and this pass agree exactly on float64 features."""
     gen, real = _pair(ties, 350, 400, 6 if ties else 10, 16, torch.float64)
-    got = fast.neighbourhood_metrics(gen, real, fast.RealStats.build(real), pr_k=None, dc_k=5, block_elements=5000)
+    got = fast.neighbourhood_metrics(gen, real, fast.RealStats.build(real), pr_k=None, dc_k=5, block_elements=1)
     want = prdc.compute_prdc(real.numpy(), gen.numpy(), nearest_k=5)
     assert got["density"] == pytest.approx(want["density"], abs=1e-12)
     assert got["coverage"] == want["coverage"]

@@ -44,6 +44,7 @@ _CDIST_MM_ABOVE = 25
 # Elements of one distance block: ~32 MB of float32, large enough for an efficient GEMM and
 # small enough that the block and its masks stay far below the memory of the machine.
 BLOCK_ELEMENTS = 1 << 23
+_MIN_BLOCK_ROWS = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +118,15 @@ def _sq_threshold(r: torch.Tensor) -> torch.Tensor:
         t = torch.nextafter(t, -inf).where(step, t)
 
 
-def _row_step(n_cols: int, block_elements: int) -> int:
-    return max(1, block_elements // max(1, n_cols))
+def _row_blocks(n_rows: int, n_cols: int, block_elements: int) -> list[slice]:
+    """Row blocks of about ``block_elements`` values and at least ``_MIN_BLOCK_ROWS`` rows (a short
+    last block joins the one before). A one-row product is a matrix-vector product in the BLAS,
+    which sums in another order: its values would no longer be cdist's bit for bit."""
+    rows = max(_MIN_BLOCK_ROWS, block_elements // max(1, n_cols))
+    starts = list(range(0, n_rows, rows))
+    if len(starts) > 1 and n_rows - starts[-1] < _MIN_BLOCK_ROWS:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n_rows])]
 
 
 def knn_radii(x: torch.Tensor, ks: Iterable[int], block_elements: int = BLOCK_ELEMENTS) -> dict[int, torch.Tensor]:
@@ -140,8 +148,8 @@ def knn_radii(x: torch.Tensor, ks: Iterable[int], block_elements: int = BLOCK_EL
         pad = torch.zeros(_GROUPS - n % _GROUPS, right.shape[1], dtype=x.dtype)
         pad[:, -2:] = torch.tensor([1.0, math.inf])
         right = torch.cat([right, pad])
-    step = _row_step(len(right), block_elements)
-    nearest = torch.cat([_smallest(geo.values(left[i : i + step], right), ks[-1] + 1) for i in range(0, n, step)])
+    nearest = torch.cat([_smallest(geo.values(left[rows], right), ks[-1] + 1)
+                         for rows in _row_blocks(n, len(right), block_elements)])
     return {k: geo.distance(nearest[:, k]) for k in ks}
 
 
@@ -366,10 +374,9 @@ def neighbourhood_metrics(gen: torch.Tensor, real: torch.Tensor, stats: RealStat
         dc_t = geo.threshold(stats.radii[dc_k], strict=True)
         covered = torch.zeros(m, dtype=torch.bool)
         inside = 0
-    step = _row_step(n, block_elements)
-    work = torch.empty(min(step, m), n, dtype=gen.dtype)  # reused: no page faults from a fresh 32 MB per block
-    for i in range(0, m, step):
-        rows = slice(i, i + step)
+    blocks = _row_blocks(m, n, block_elements)
+    work = torch.empty(max(b.stop - b.start for b in blocks), n, dtype=gen.dtype)  # reused: no page faults from a fresh 32 MB per block
+    for rows in blocks:
         v = geo.values(left[rows], right)  # (b, N)
         w = work[: len(v)]
         if pr_k is not None:
