@@ -1,33 +1,36 @@
-"""The feature-level quality metrics at the hardware limit: what depends only on the real set once.
+"""The feature-level quality metrics at the hardware limit: what depends only on the real set, once.
 
 FID, KID and precision/recall are torch-fidelity 0.4.0's definitions, density/coverage the prdc
-package's (Naeem et al. 2020), with the same numbers (tests/test_fast_metrics.py): torch-fidelity's
+package's (Naeem et al. 2020), with the same numbers (tests/test_fast_metrics.py). torch-fidelity's
 feature-level functions recompute every real-only quantity on every call (precision/recall
 rebuilds the real set's k-NN radii from a 10k x 10k distance matrix with ``kthvalue``; KID
-re-evaluates the real-real kernel of each subset), and prdc recomputes the real radii again.
+re-evaluates the real-real kernel of each subset), and prdc computes the real radii again.
 
 Here the real set's statistics are built once per reference (``RealStats``: FID mean,
 covariance and its square root, k-NN radii for each k, KID real-real kernel sums for each
-subset plan) and cached with the reference features; per model, ``sample_metrics`` does
-only what involves the samples, in two blocked passes over the (N, N) and (M, N) distance
-matrices that feed every distance-based metric at once, plus the KID subsets' kernels.
+subset plan) and cached with the reference features. Per model, only what involves the samples:
+``fid`` (moments of the samples and one symmetric eigendecomposition), ``kid`` (the
+sample-sample and sample-real kernels of the subsets) and ``neighbourhood_metrics``
+(precision, recall, density and coverage from one blocked pass over the (N, N) sample
+distances and one over the (M, N) real-sample distances).
 
 Exactness, and why it holds:
 
-* **Distances** are computed exactly as ``torch.cdist``'s matrix-multiply path does
-  (``|a|^2 + |b|^2 - 2 a.b``, summed in that order, then clamp and sqrt; ``_distances``), so
-  every distance is bit-identical to the one torch-fidelity compares, whatever the blocking
-  (tested). Precision/recall are then *exactly* torch-fidelity's, ties included, in its
-  ``save_cpu_ram=False`` orientation (real points as rows), which is what bench called.
+* **Distances** are computed exactly as ``torch.cdist``'s matrix-multiply path does (the same
+  augmented product, ``_Geometry``), so every distance is bit-identical to the one torch-fidelity
+  compares, whatever the blocking (tested). Precision/recall are then *exactly*
+  torch-fidelity's, ties included, in its ``save_cpu_ram=False`` orientation (real points as
+  rows), the one bench called; density/coverage equal prdc's wherever prdc's float64
+  distances and these agree on which side of a radius a pair lies (always in float64).
 * **FID** takes the trace term from the symmetric matrix ``S_r^(1/2) S_g S_r^(1/2)``
   (``eigvalsh``) with ``S_r^(1/2)`` cached: it has the same eigenvalues as torch-fidelity's
-  ``S_r S_g`` (AB and BA share their non-zero eigenvalues), so FID agrees to ~1e-10 relative
+  ``S_r S_g`` (AB and BA share their non-zero eigenvalues), so FID agrees to ~1e-9 relative
   while avoiding a general eigensolver (2048-d: seconds instead of tens of seconds).
 * **KID** draws its subsets with torch-fidelity's own ``numpy.random.RandomState(seed)``
   calls in its order (gen, real, gen, real, ...), so the subsets are the same; kernel sums
   of a subset are accumulated in float64. On float64 features KID equals torch-fidelity's to
-  ~1e-12; on float32 features both carry float32 rounding of the kernel, and the two differ
-  by that rounding (bounds in the tests), not by definition.
+  ~1e-12; on float32 features both carry float32 rounding of the kernel values, and the two
+  differ by that rounding (bounds in the tests), not by definition.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ _CDIST_MM_ABOVE = 25
 # small enough that the block and its masks stay far below the memory of the machine.
 BLOCK_ELEMENTS = 1 << 23
 _MIN_BLOCK_ROWS = 64
+_GROUPS = 16  # members of a column group in the k-smallest search (_smallest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +157,10 @@ def knn_radii(x: torch.Tensor, ks: Iterable[int], block_elements: int = BLOCK_EL
     return {k: geo.distance(nearest[:, k]) for k in ks}
 
 
-_GROUPS = 16  # column groups of the k-smallest search
-
-
 def _smallest(v: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` smallest values of each row, ascending, (B, count): ``topk`` on a shortlist.
 
-    The columns are split into groups of ``_GROUPS`` (column j in group j mod n/_GROUPS); the
+    The columns are split into n/_GROUPS groups of ``_GROUPS`` (column j in group j mod n/_GROUPS); the
     ``count`` smallest values of a row lie in the ``count`` groups with the smallest minima (a
     group without one of them has its minimum at or above the count-th smallest value), so
     ``topk`` runs on those groups only: ~2.5x faster than on the whole row, same values.
