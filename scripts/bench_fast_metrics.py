@@ -14,6 +14,9 @@ Both sides get the same features (extracted once, not timed) and compute FID, KI
   set's ``RealStats`` already built, as every model after the first sees it;
 * fast, once per reference: ``RealStats.build`` (FID moments, radii for k = 3 and 5, KID sums).
 
+``--fid-dim 2048`` adds FID alone at Inception's width (seeded ReLU'd Gaussian features, n per
+side): torch-fidelity's general ``eigvals`` of S_r S_g vs ``fast.fid``'s symmetric ``eigvalsh``.
+
 The variants run interleaved, in a rotating order, ``--repeats`` times; the medians are reported,
 so a change of load hits all of them alike. Torch and BLAS threads are set to ``--threads`` for
 both sides (prdc's scikit-learn call asks for 8 jobs itself). Prints one JSON object.
@@ -87,6 +90,31 @@ def fast_set(gen: torch.Tensor, real: torch.Tensor, stats: fast.RealStats, plan:
     }
 
 
+def wide_fid(n: int, dim: int, repeats: int) -> dict[str, Any]:
+    """FID of two n x dim feature sets: torch-fidelity's per call vs fast per model (real statistics cached)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    real, gen = ((torch.randn(n, dim, generator=g) + shift).relu() for shift in (0.0, 0.1))
+    t0 = time.perf_counter()
+    stats = fast.RealStats.build(real)
+    build = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"torch_fidelity": [], "fast_per_model": []}
+    values: dict[str, float] = {}
+    runs = {"torch_fidelity": lambda: fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(real),
+                                                               verbose=False)["frechet_inception_distance"],
+            "fast_per_model": lambda: fast.fid(gen, stats)}
+    for r in range(repeats):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            values[name] = runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    return {"n": n, "dim": dim, "median_seconds": med, "fast_real_stats_build_seconds": round(build, 3),
+            "speedup_per_model": round(med["torch_fidelity"] / med["fast_per_model"], 2), "values": values,
+            "relative_difference": abs(values["fast_per_model"] - values["torch_fidelity"]) / values["torch_fidelity"]}
+
+
 def _named(out: dict[str, float], **names: str) -> dict[str, float]:
     return {ours: float(out[theirs]) for ours, theirs in names.items()}
 
@@ -108,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and BLAS threads, both sides")
     ap.add_argument("--pr-k", type=int, default=3)
     ap.add_argument("--dc-k", type=int, default=5)
+    ap.add_argument("--fid-dim", type=int, default=0, help="also time FID alone at this width (e.g. 2048; 0: skip)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -140,6 +169,9 @@ def main() -> None:
     report["speedup_first_model"] = round(ref / (per_model + once), 2)  # the build included
     report["values"] = {"torch_fidelity_plus_prdc": values[names[0]], "fast": values[names[1]]}
     report["abs_difference"] = {k: abs(values[names[0]][k] - values[names[1]][k]) for k in values[names[0]]}
+    if args.fid_dim:
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            report[f"fid_{args.fid_dim}d"] = wide_fid(args.n, args.fid_dim, args.repeats)
     report["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(report, indent=1))
 
