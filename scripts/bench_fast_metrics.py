@@ -32,7 +32,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -67,8 +68,8 @@ def reference_set(gen: torch.Tensor, real: torch.Tensor, plan: fast.KidPlan, pr_
             out = prdc.compute_prdc(real.numpy(), gen.numpy(), nearest_k=dc_k)
         return {"density": float(out["density"]), "coverage": float(out["coverage"])}
 
-    kid_args = dict(kid_subsets=plan.subsets, kid_subset_size=plan.subset_size, rng_seed=plan.seed, verbose=False,
-                    kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)
+    kid_args = {"kid_subsets": plan.subsets, "kid_subset_size": plan.subset_size, "rng_seed": plan.seed, "verbose": False,
+                "kid_kernel": "poly", "kid_kernel_poly_degree": 3, "kid_kernel_poly_gamma": None, "kid_kernel_poly_coef0": 1}
     return {
         "fid": lambda: {"fid": fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(real),
                                                         verbose=False)["frechet_inception_distance"]},

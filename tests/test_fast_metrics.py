@@ -134,8 +134,8 @@ def test_fid_with_fewer_samples_than_dimensions_stays_close():
 
 
 def _kid_args(plan: fast.KidPlan) -> dict:
-    return dict(kid_subsets=plan.subsets, kid_subset_size=plan.subset_size, rng_seed=plan.seed, verbose=False,
-                kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)
+    return {"kid_subsets": plan.subsets, "kid_subset_size": plan.subset_size, "rng_seed": plan.seed, "verbose": False,
+            "kid_kernel": "poly", "kid_kernel_poly_degree": 3, "kid_kernel_poly_gamma": None, "kid_kernel_poly_coef0": 1}
 
 
 @pytest.mark.parametrize("n,m,size", [(400, 300, 100), (250, 250, 250)])
