@@ -35,9 +35,9 @@ Exactness, and why it holds:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Iterable
 
 import numpy as np
 import torch
