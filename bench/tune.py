@@ -541,17 +541,17 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
         keys = {k.value: (k, v) for k, v in node.value}
         sep = ", " if node.flow_style else "\n" + " " * node.value[0][0].start_mark.column
         after = _trimmed_end(text, keys["family"][1])  # new keys go right after family's value
+        inserted = ""
         for key, value in (("options", options), ("batch_size", batch_size)):
-            if key != "options" and key not in chosen:
+            if key not in chosen:
                 continue
-            if key == "options" and not chosen.get("options"):
-                continue
-            rendered = _flow(value)
             if key in keys:
                 k_node, v_node = keys[key]
-                edits.append((k_node.end_mark.index, _trimmed_end(text, v_node), f": {rendered}"))
+                edits.append((k_node.end_mark.index, _trimmed_end(text, v_node), f": {_flow(value)}"))
             else:
-                edits.append((after, after, f"{sep}{key}: {rendered}"))
+                inserted += f"{sep}{key}: {_flow(value)}"
+        if inserted:
+            edits.append((after, after, inserted))
         eol = text.find("\n", node.start_mark.index)
         eol = len(text) if eol < 0 else eol
         if "#" not in text[node.start_mark.index:eol]:
