@@ -158,22 +158,25 @@ models:
 """
 
 
-def test_selecting_on_the_test_split_is_impossible_through_the_cli(write_suite, tmp_path, monkeypatch):
+def test_selecting_on_the_test_split_is_impossible_through_the_cli(write_suite, tmp_path, monkeypatch, capsys):
+    import re
+
     from bench import cli, tune
 
     # 1. the command line and the schema have no way to name a split
-    import re
-
-    flags = set(re.findall(r"--[a-z-]+", run_cli("tune", "--help").stdout))
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--help"])
+    flags = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
     assert flags == {"--help", "--trials", "--sampler", "--objective", "--only", "--out", "--resume", "--dry-run",
                      "--quiet"}
     suite = write_suite(TUNE_SUITE)
-    r = run_cli("tune", str(suite), "--split", "test", "--dry-run")
-    assert r.returncode == 2 and "unrecognized arguments: --split test" in r.stderr
+    with pytest.raises(SystemExit) as e:
+        cli.main(["tune", str(suite), "--split", "test", "--dry-run"])
+    assert e.value.code == 2 and "unrecognized arguments: --split test" in capsys.readouterr().err
     bad = write_suite(TUNE_SUITE.replace("objective: nll_bpd_exact", "objective: nll_bpd_exact, validation: {split: test}"),
                       "bad.yaml")
-    r = run_cli("tune", str(bad), "--dry-run")
-    assert r.returncode == 2 and "tuning.validation.split: unknown key" in r.stderr
+    assert cli.main(["tune", str(bad), "--dry-run"]) == 2
+    assert "tuning.validation.split: unknown key" in capsys.readouterr().err
     # 2. a whole tuning run, quality objective included (domain feature net, reference features), with a dataset
     # whose test split fails on any use: it finishes, so nothing a trial is scored with came from the test split
     real = tune.load_dataset
@@ -186,21 +189,26 @@ def test_selecting_on_the_test_split_is_impossible_through_the_cli(write_suite, 
     assert fid["params"]["reference_split"] == "validation" and fid["params"]["n_reference"] == 150
 
 
-def test_objective_must_be_a_metric_with_a_direction(write_suite):
+def test_objective_must_be_a_metric_with_a_direction(write_suite, capsys):
+    from bench import cli
+
     suite = write_suite(TUNE_SUITE)
-    r = run_cli("tune", str(suite), "--objective", "kid_domain_std", "--dry-run")
-    assert r.returncode == 2 and "informational (no direction)" in r.stderr and "fid_domain" in r.stderr
-    r = run_cli("tune", str(suite), "--objective", "fid_domian", "--dry-run")
-    assert r.returncode == 2 and "unknown metric 'fid_domian'" in r.stderr
+    assert cli.main(["tune", str(suite), "--objective", "kid_domain_std", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "informational (no direction)" in err and "fid_domain" in err
+    assert cli.main(["tune", str(suite), "--objective", "fid_domian", "--dry-run"]) == 2
+    assert "unknown metric 'fid_domian'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ end to end
 
 
-def test_tune_cli_end_to_end_and_resume(write_suite, tmp_path):
+def test_tune_cli_end_to_end_and_resume(write_suite, tmp_path, capsys):
+    from bench import cli
+
     suite = write_suite(TUNE_SUITE)
     out = tmp_path / "run"
-    r = run_cli("tune", str(suite), "--out", str(out))
+    r = run_cli("tune", str(suite), "--out", str(out))  # through a real subprocess, as a user runs it
     assert r.returncode == 0, r.stderr
     assert "the test split is not used" in r.stdout and f"tuned suite: {out / 'tuned-suite.yaml'}" in r.stdout
     trials = sorted((out / "trials").glob("nb__t*.json"))
@@ -223,25 +231,27 @@ def test_tune_cli_end_to_end_and_resume(write_suite, tmp_path):
     # resume: a deleted (= killed) trial is rerun, the finished ones are not touched
     mtimes = {p.name: p.stat().st_mtime_ns for p in trials}
     trials[2].unlink()
-    r = run_cli("tune", str(suite), "--out", str(out), "--resume")
-    assert r.returncode == 0, r.stderr
-    assert "resuming: 3 of 4 trials already finished" in r.stdout
-    assert r.stdout.count("[nb ") == 1 and "[nb 3/4]" in r.stdout
+    assert cli.main(["tune", str(suite), "--out", str(out), "--resume"]) == 0
+    stdout = capsys.readouterr().out
+    assert "resuming: 3 of 4 trials already finished" in stdout
+    assert stdout.count("[nb ") == 1 and "[nb 3/4]" in stdout
     for p in trials:
         if p != trials[2]:
             assert p.stat().st_mtime_ns == mtimes[p.name]
     # a resumed run must share the protocol
     other = write_suite(TUNE_SUITE.replace("seed: 0, objective", "seed: 1, objective"), "other.yaml")
-    r = run_cli("tune", str(other), "--out", str(out), "--resume", "--dry-run")
-    assert r.returncode == 2 and "different suite or protocol" in r.stderr
+    assert cli.main(["tune", str(other), "--out", str(out), "--resume", "--dry-run"]) == 2
+    assert "different suite or protocol" in capsys.readouterr().err
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(write_suite, tmp_path):
+def test_dry_run_prints_the_plan_and_writes_nothing(write_suite, tmp_path, capsys):
+    from bench import cli
+
     suite = write_suite(TUNE_SUITE)
     root = tmp_path / "reports"
-    r = run_cli("tune", str(suite), "--dry-run", "--reports-root", str(root))
-    assert r.returncode == 0, r.stderr
-    assert "1 models x 4 trials (random, seed 0)" in r.stdout and "pixel_model {gaussian, categorical}" in r.stdout
+    assert cli.main(["tune", str(suite), "--dry-run", "--reports-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 models x 4 trials (random, seed 0)" in out and "pixel_model {gaussian, categorical}" in out
     assert not root.exists()
 
 

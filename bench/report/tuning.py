@@ -101,7 +101,7 @@ def strip_plot(results: dict[str, list[Trial]], summaries: list[dict[str, Any]],
         scored = [t for t in results[name] if t.value is not None]
         vals = [t.value for t in scored]
         if len(vals) >= 2:
-            ax.boxplot([vals], positions=[i], vert=False, widths=0.5, showfliers=False,
+            ax.boxplot([vals], positions=[i], orientation="horizontal", widths=0.5, showfliers=False,
                        medianprops={"color": "0.3"}, boxprops={"color": "0.6"}, whiskerprops={"color": "0.6"})
         ax.scatter(vals, i + rng.uniform(-0.15, 0.15, len(vals)), s=14, alpha=0.7, color="tab:blue", zorder=3)
         for t in scored:
