@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bench.registry import Registry
+from bench.space import Space
 
 LikelihoodKind = Literal["exact", "lower_bound", "estimate", "none"]
 
@@ -71,6 +72,7 @@ class GenerativeModel(nn.Module):
     Options: ClassVar[type[FamilyOptions]] = FamilyOptions
     likelihood_kind: ClassVar[LikelihoodKind] = "none"  # what log_likelihood gives
     conditional_capable: ClassVar[bool] = False
+    search_space: ClassVar[Space] = {}  # what `bench tune` may vary: option name (or batch_size) -> range
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()

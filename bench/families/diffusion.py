@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.naive_bayes import log_diff_ndtr
 from bench.families.nets import ema_step_, time_conditioned_net
+from bench.space import Categorical, Float
 
 LOG_2PI = math.log(2 * math.pi)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) int64 in 1..T) -> eps
@@ -206,6 +207,15 @@ class Diffusion(GenerativeModel):
 
     family = "diffusion"
     Options = DiffusionOptions
+    search_space = {  # bench tune (bench/space.py); sample_steps is not searched: it is the sampling cost (NFE)
+        "lr": Float(3e-4, 1e-2, log=True),
+        "width": Categorical([8, 16, 32]),
+        "schedule": Categorical(["linear", "cosine"]),
+        "loss_weighting": Categorical(["simple", "min_snr"]),
+        "sampler": Categorical(["ddpm", "ddim"]),
+        "ema_decay": Float(0.99, 0.999),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "lower_bound"
 
     def __init__(self, spec: DataSpec, options: DiffusionOptions):

@@ -43,6 +43,7 @@ from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import ema_step_, time_conditioned_net
+from bench.space import Categorical, Float
 
 LOG_2PI = math.log(2 * math.pi)
 Solver = Literal["euler", "heun", "midpoint"]
@@ -150,6 +151,13 @@ class FlowMatching(GenerativeModel):
 
     family = "flow_matching"
     Options = FlowMatchingOptions
+    search_space = {  # bench tune (bench/space.py); solver and sample_steps are not searched: they are the NFE
+        "lr": Float(3e-4, 1e-2, log=True),
+        "width": Categorical([8, 16, 32]),
+        "time_sampling": Categorical(["uniform", "logit_normal"]),
+        "ema_decay": Float(0.99, 0.999),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "estimate"
 
     def __init__(self, spec: DataSpec, options: FlowMatchingOptions):

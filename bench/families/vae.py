@@ -23,6 +23,7 @@ from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+from bench.space import Categorical, Float, Int
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -58,6 +59,12 @@ class VAE(GenerativeModel):
 
     family = "vae"
     Options = VAEOptions
+    search_space = {  # bench tune (bench/space.py)
+        "lr": Float(1e-4, 3e-3, log=True),
+        "latent_dim": Int(2, 64, log=True),
+        "width": Categorical([16, 32, 64]),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "lower_bound"
 
     def __init__(self, spec: DataSpec, options: VAEOptions):
