@@ -261,6 +261,30 @@ def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, devi
     return "\n".join(lines)
 
 
+def fresh_run_dir(out: Path | None, parent: Path, name: str) -> Path:
+    """``--out`` if it is new or empty, else a fresh timestamped ``parent/name/<run-id>``; never a used one."""
+    if out is None:
+        return new_run_dir(parent, name)
+    if out.exists() and any(out.iterdir()):
+        raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def start_run(cfg: SuiteConfig, run_dir: Path, device: torch.device, suite_path: Path, resume: bool) -> dict[str, Any]:
+    """Threads and determinism as the suite says; a new run directory gets its resolved suite and environment."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    env = environment(device)
+    if not resume:
+        atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+        atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
+    return env
+
+
 def run_suite(
     cfg: SuiteConfig,
     suite_path: Path,
@@ -288,29 +312,15 @@ def run_suite(
     elif dry_run:
         run_dir = out or reports_root / cfg.name / "<new run id>"
     else:
-        if out is not None:
-            if out.exists() and any(out.iterdir()):
-                raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
-            out.mkdir(parents=True, exist_ok=True)
-            run_dir = out
-        else:
-            run_dir = new_run_dir(reports_root, cfg.name)
+        run_dir = fresh_run_dir(out, reports_root, cfg.name)
 
     if dry_run:
         print(describe_plan(cfg, cells, run_dir, device))
         return None
 
     # 2. the run directory tells its own story
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
     store = RunStore(run_dir)
-    env = environment(device)
-    if not resume:
-        atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
+    env = start_run(cfg, run_dir, device, suite_path, resume)
     run_id = run_dir.name
 
     # 3. data once, then every cell not yet on disk

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -56,9 +54,9 @@ from bench.errors import BenchError
 from bench.families import FAMILIES
 from bench.io import atomic_write_json, atomic_write_text
 from bench.results import METRICS, CellRecord
-from bench.runner import Cell, environment, resolve_device, run_cell
+from bench.runner import Cell, fresh_run_dir, resolve_device, run_cell, start_run
 from bench.space import BATCH_SIZE, Space, TuningConfig, describe_space, model_space, space_problem, space_to_json
-from bench.store import RunStore, new_run_dir
+from bench.store import RunStore
 
 TrialState = Literal["ok", "diverged", "failed", "no_value"]
 Direction = Literal["minimize", "maximize"]
@@ -423,30 +421,18 @@ def tune_suite(
                              f"change); start a new run instead")
     elif dry_run:
         run_dir = out or base / "tuning" / "<new run id>"
-    elif out is not None:
-        if out.exists() and any(out.iterdir()):
-            raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
-        out.mkdir(parents=True, exist_ok=True)
-        run_dir = out
     else:
-        run_dir = new_run_dir(base, "tuning")
+        run_dir = fresh_run_dir(out, base, "tuning")
     if dry_run:
         print(describe_plan(cfg, tuning, plans, run_dir))
         return None
 
     # 3. the run directory tells its own story; the validation split is carved and recorded
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    env = environment(device)
+    env = start_run(cfg, run_dir, device, suite_path, resume)
     full = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
     split = carve_validation(full, tuning.validation.fraction, tuning.validation.seed,
                              cfg.dataset.options.get("train_subset"))
     if not resume:
-        atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
         atomic_write_json(run_dir / "plan.json", plan)
         atomic_write_json(run_dir / "validation.json", {
             **tuning.validation.model_dump(), **split.describe(), "dataset": cfg.dataset.name,

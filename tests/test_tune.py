@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,8 @@ from bench.config import load_suite, parse_suite
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES
-from bench.space import BATCH_SIZE, Categorical, Float, Int, ModelTuning, model_space, space_problem
+from bench.space import BATCH_SIZE, Categorical, Float, ModelTuning, TuningConfig, model_space, space_problem
 from bench.tune import Study, Trial, TrialStore, best_trial, carve_validation, search, write_tuned_suite
-from bench.space import TuningConfig
 from conftest import run_cli
 
 # ------------------------------------------------------------------------------ the search itself
@@ -154,7 +152,7 @@ tuning: {trials: 4, sampler: random, seed: 0, objective: nll_bpd_exact}
 models:
   - name: nb   # gaussian by default
     family: naive_bayes
-    tune: {space: {pixel_model: {type: categorical, choices: [gaussian, categorical]}}}
+    tune: {space: {pixel_model: {type: categorical, choices: [gaussian, categorical]}, alpha: null, min_std: null}}
 """
 
 
@@ -278,8 +276,7 @@ def test_suite_space_overrides_are_checked_with_their_line(write_suite):
     bad_value = TUNE_SUITE.replace("choices: [gaussian, categorical]", "choices: [gaussian, poisson]")
     with pytest.raises(BenchError, match=r"pixel_model: value 'poisson' is not a valid pixel_model"):
         parse_suite(bad_value, "s.yaml")
-    bad_range = TUNE_SUITE.replace("{pixel_model: {type: categorical, choices: [gaussian, categorical]}}",
-                                   "{alpha: {type: float, low: 1.0, high: 0.1}}")
+    bad_range = TUNE_SUITE.replace("alpha: null", "alpha: {type: float, low: 1.0, high: 0.1}")
     with pytest.raises(BenchError, match="need finite low < high"):
         parse_suite(bad_range, "s.yaml")
 
