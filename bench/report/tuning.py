@@ -133,9 +133,9 @@ def _fmt(v: Any) -> str:
 
 
 def render_html(meta: dict[str, Any], summaries: list[dict[str, Any]], png: bytes) -> str:
-    arrow = meta["arrow"]
+    arrow, sym = meta["arrow"], "↓" if meta["direction"] == "minimize" else "↑"
     head = ("<tr><th>model</th><th>family</th><th>trials (scored / diverged / failed / no value)</th>"
-            f"<th>best {arrow}</th><th>median</th><th>quartiles</th><th>range</th><th>suite settings</th>"
+            f"<th>best {sym}</th><th>median</th><th>quartiles</th><th>range</th><th>suite settings</th>"
             "<th>chosen</th></tr>")
     rows = []
     for s in summaries:
