@@ -344,3 +344,13 @@ def test_sensitivity_names_the_parameter_that_matters():
     s = sensitivity(trials, space_to_json(space), "minimize")
     assert s["x"]["spearman"] > 0.9 and abs(s["noise"]["spearman"] or 0) < 0.6 and s["c"]["spearman"] is None
     assert s["x"]["importance"] > 0.8 and s["x"]["n"] == 16
+
+
+def test_the_simple_vae_a_user_tries_first_is_in_the_vae_search_space():
+    # the 20-line MNIST VAE of the well-known examples: MLP with 400 hidden units, Bernoulli decoder, latent 20,
+    # Adam 1e-3, batch 128; and bench's own default (conv, discretized logistic) beside it
+    space = model_space(FAMILIES.get("vae").cls, None)
+    for point in ({"arch": "mlp", "decoder": "bernoulli", "hidden": 400, "latent_dim": 20, "lr": 1e-3, BATCH_SIZE: 128},
+                  {"arch": "conv", "decoder": "logistic", "width": 32, "latent_dim": 16, "lr": 1e-3, BATCH_SIZE: 128}):
+        for k, v in point.items():
+            assert space[k].contains(v), (k, v)
