@@ -213,7 +213,6 @@ class Diffusion(GenerativeModel):
         "schedule": Categorical(["linear", "cosine"]),
         "loss_weighting": Categorical(["simple", "min_snr"]),
         "sampler": Categorical(["ddpm", "ddim"]),
-        "ema_decay": Float(0.99, 0.999),
         "batch_size": Categorical([32, 64, 128, 256]),
     }
     likelihood_kind = "lower_bound"

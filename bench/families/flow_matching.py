@@ -155,7 +155,6 @@ class FlowMatching(GenerativeModel):
         "lr": Float(3e-4, 1e-2, log=True),
         "width": Categorical([8, 16, 32]),
         "time_sampling": Categorical(["uniform", "logit_normal"]),
-        "ema_decay": Float(0.99, 0.999),
         "batch_size": Categorical([32, 64, 128, 256]),
     }
     likelihood_kind = "estimate"
