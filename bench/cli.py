@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run, validate, list, report, compare, evaluate}``.
+"""Command line: ``python -m bench {run, tune, validate, list, report, compare, evaluate}``.
 
 Exit status: 0 everything ran (a diverged cell is a result, not a failure); 1 a regression
 against the baseline, or a cell that failed (raised, ran out of memory, or ran past
@@ -50,6 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="with --track mlflow: where (default: $MLFLOW_TRACKING_URI, else a local "
                    "store in ./mlruns)")
     r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
+
+    t = sub.add_parser("tune", help="search each model's options with the same number of trials, scored on a "
+                       "validation split of the training data; writes a tuning report and the tuned suite")
+    t.add_argument("suite", type=Path)
+    t.add_argument("--trials", type=int, metavar="N", help="trials per model, the same for every model "
+                   "(default: the suite's tuning.trials, else 12)")
+    t.add_argument("--sampler", choices=["tpe", "random"], help="Optuna sampler (default: tuning.sampler, else tpe)")
+    t.add_argument("--objective", metavar="METRIC", help="a registered metric with a direction, computed on the "
+                   "validation split (default: tuning.objective, else fid_domain)")
+    t.add_argument("--only", action="append", metavar="MODEL", help="tune only this model (repeatable)")
+    t.add_argument("--out", type=Path, help="tuning run directory (default: reports/<suite>/tuning/<timestamp>)")
+    t.add_argument("--resume", action="store_true", help="skip finished trials of the latest (or --out) tuning run")
+    t.add_argument("--dry-run", action="store_true", help="print the plan (spaces, objective, split) and exit")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a suite file and print its resolved plan")
     v.add_argument("suite", type=Path)
@@ -143,6 +158,19 @@ def _executor(suite: ExecutorConfig, name: str | None, address: str | None) -> E
     return suite.model_copy(update={"name": name, "ray": ray})
 
 
+def _cmd_tune(cfg, args: argparse.Namespace) -> int:
+    from bench.tune import tune_suite
+
+    if args.trials is not None and args.trials < 1:
+        raise BenchError(f"--trials: need at least 1 trial per model, got {args.trials}")
+    run_dir = tune_suite(cfg, args.suite, trials=args.trials, sampler=args.sampler, objective=args.objective,
+                         only=args.only, out=args.out, reports_root=args.reports_root, resume=args.resume,
+                         dry_run=args.dry_run, quiet=args.quiet)
+    if run_dir is not None:
+        print(f"tuning report: {run_dir / 'tuning.html'}\ntuned suite: {run_dir / 'tuned-suite.yaml'}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "list":
         return _cmd_list()
@@ -165,6 +193,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from bench.runner import run_suite
 
     cfg = load_suite(args.suite)
+    if args.cmd == "tune":
+        return _cmd_tune(cfg, args)
     if args.cmd == "validate":
         run_suite(cfg, args.suite, dry_run=True)
         print(f"{args.suite}: ok")

@@ -25,6 +25,7 @@ from bench.errors import BenchError
 
 from bench.compare import CompareOptions
 from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
+from bench.space import ModelTuning, TuningConfig, space_problem
 
 
 class _Strict(BaseModel):
@@ -108,6 +109,7 @@ class ModelConfig(_Strict):
     seeds: list[int] | None = None  # overrides the suite seeds
     checkpoint: str | None = None  # load this checkpoint instead of training (path relative to the suite file)
     debug: DebugConfig = DebugConfig()  # fault injection for tests
+    tune: ModelTuning | None = None  # `bench tune`: this model's changes to its family's search space
 
 
 class RayOptions(_Strict):
@@ -143,6 +145,7 @@ class SuiteConfig(_Strict):
     compare: CompareOptions = CompareOptions()  # tolerances for `bench compare`
     executor: ExecutorConfig = ExecutorConfig()  # where cells run (how, not what: --resume may change it)
     models: list[ModelConfig] = Field(min_length=1)  # the families under test
+    tuning: TuningConfig | None = None  # `bench tune`: trials per model, sampler, objective, validation split
 
     def expanded_models(self) -> list[ModelConfig]:
         """The models as cells see them: a budget sweep turns each model without its own budget into
@@ -463,6 +466,9 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
             cls.Options(**m.options)
         except ValidationError as e:
             _raise_from(e, source, lines, ("models", i, "options"), ", ".join(cls.Options.model_fields))
+        problem = space_problem(cls, m.options, m.tune)
+        if problem:
+            fail(("models", i, "tune", "space", problem[0]), problem[1])
 
 
 def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Callable[[tuple, str], None]) -> None:

@@ -412,6 +412,32 @@ def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, devi
     return "\n".join(lines)
 
 
+def fresh_run_dir(out: Path | None, parent: Path, name: str) -> Path:
+    """``--out`` if it is new or empty, else a fresh timestamped ``parent/name/<run-id>``; never a used one."""
+    if out is None:
+        return new_run_dir(parent, name)
+    if out.exists() and any(out.iterdir()):
+        raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def start_run(cfg: SuiteConfig, run_dir: Path, device: torch.device, suite_path: Path, fresh: bool) -> dict[str, Any]:
+    """Threads and determinism as the suite says; a fresh run directory gets its resolved suite, and any
+    directory without one (a run killed between the two writes) its environment."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    env = environment(device)
+    if fresh:
+        atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    if not (run_dir / "environment.json").is_file():
+        atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
+    return env
+
+
 def run_suite(
     cfg: SuiteConfig,
     suite_path: Path,
@@ -458,17 +484,8 @@ def run_suite(
                 print(f"removed {stale.relative_to(run_dir)}, left by an interrupted write")
 
         # 2. the run directory tells its own story
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
         store = RunStore(run_dir)
-        env = environment(device)
-        if fresh:
-            atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        if not (run_dir / "environment.json").is_file():  # also when a run was killed between the two
-            atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
+        start_run(cfg, run_dir, device, suite_path, fresh)
         run_id = run_dir.name
 
         # 3. data once, then every cell not yet on disk

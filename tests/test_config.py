@@ -23,7 +23,7 @@ BAD = [
     ("name: a\ndataset: digits\nbudget: {steps: 5, seconds: 3}\n" + MODEL,
      "s.yaml:3: budget: give exactly one of steps, seconds, epochs, examples (got ['steps', 'seconds'])"),
     (HEAD + "models:\n  - name: m\n    family: vae\n    options: {latent: 3}\n",
-     "s.yaml:7: models[0].options.latent: unknown key; accepted keys: latent_dim, width, hidden, lr, iwae_k, sample_mode"),
+     "s.yaml:7: models[0].options.latent: unknown key; accepted keys: latent_dim, width, hidden, arch, decoder, lr, iwae_k, sample_mode"),
     (HEAD + "models:\n  - name: m\n    family: vae\n    options: {latent_dim: many}\n",
      "s.yaml:7: models[0].options.latent_dim: Input should be a valid integer"),
     ("name: a\ndataset: digits\nseeds: zero\nbudget: {steps: 5}\n" + MODEL, "s.yaml:3: seeds: Input should be a valid list"),

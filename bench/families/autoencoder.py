@@ -22,6 +22,7 @@ from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, register_family
 from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+from bench.space import Categorical, Float, Int
 
 
 class AutoencoderOptions(FamilyOptions):
@@ -39,6 +40,14 @@ class Autoencoder(GenerativeModel):
 
     family = "autoencoder"
     Options = AutoencoderOptions
+    search_space = {  # bench tune (bench/space.py)
+        "lr": Float(1e-4, 3e-3, log=True),
+        "latent_dim": Int(4, 64, log=True),
+        "width": Categorical([16, 32, 64]),
+        "beta": Float(1e-6, 1e-2, log=True),
+        "components": Int(1, 30),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "none"
 
     def __init__(self, spec: DataSpec, options: AutoencoderOptions):

@@ -46,6 +46,7 @@ from torch import nn
 from bench.engine import TrainSettings
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import mlp
+from bench.space import Categorical, Float, Int
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -252,6 +253,12 @@ class Autoregressive(GenerativeModel):
 
     family = "autoregressive"
     Options = AutoregressiveOptions
+    search_space = {  # bench tune (bench/space.py)
+        "lr": Float(3e-4, 1e-2, log=True),
+        "channels": Categorical([16, 32, 64]),
+        "layers": Int(2, 8),
+        "batch_size": Categorical([16, 32, 64, 128]),
+    }
     likelihood_kind = "exact"
     watched_loss = "nll"
     train_defaults = TrainSettings(grad_clip=10.0)  # a loose clip on the global gradient norm (the value it always had)

@@ -93,6 +93,7 @@ from torch import nn
 
 from bench.engine import TrainSettings
 from bench.registry import Registry, check_class, describe
+from bench.space import Space
 
 if TYPE_CHECKING:
     from bench.engine import Engine
@@ -146,6 +147,7 @@ class GenerativeModel(nn.Module):
     # What a family class must define itself; bench.registry.check_class refuses a class from outside bench
     # (import path or entry point) that leaves one of these at the base's value. Adapt when the contract changes.
     required: ClassVar[tuple[str, ...]] = ("family", "sample", "loss|training_step")
+    search_space: ClassVar[Space] = {}  # what `bench tune` may vary: option name (or batch_size) -> range
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()

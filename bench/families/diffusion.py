@@ -52,6 +52,7 @@ from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likeli
 from bench.families.naive_bayes import log_diff_ndtr
 from bench.engine import TrainSettings
 from bench.families.nets import time_conditioned_net
+from bench.space import Categorical, Float
 
 LOG_2PI = math.log(2 * math.pi)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) int64 in 1..T) -> eps
@@ -205,6 +206,14 @@ class Diffusion(GenerativeModel):
 
     family = "diffusion"
     Options = DiffusionOptions
+    search_space = {  # bench tune (bench/space.py); sample_steps is not searched: it is the sampling cost (NFE)
+        "lr": Float(3e-4, 1e-2, log=True),
+        "width": Categorical([8, 16, 32]),
+        "schedule": Categorical(["linear", "cosine"]),
+        "loss_weighting": Categorical(["simple", "min_snr"]),
+        "sampler": Categorical(["ddpm", "ddim"]),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "lower_bound"
     train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the denoiser (Ho et al. 2020, sec. 4)
 

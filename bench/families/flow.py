@@ -45,6 +45,7 @@ from torch import nn
 from bench.engine import TrainSettings
 from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
+from bench.space import Categorical, Float, Int
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -244,6 +245,13 @@ class Flow(GenerativeModel):
 
     family = "flow"
     Options = FlowOptions
+    search_space = {  # bench tune (bench/space.py)
+        "lr": Float(3e-4, 1e-2, log=True),
+        "levels": Categorical([1, 2]),
+        "steps_per_level": Int(2, 8),
+        "hidden": Categorical([32, 64, 128]),
+        "batch_size": Categorical([16, 32, 64, 128]),
+    }
     likelihood_kind = "exact"
     watched_loss = "nll"
     # Glow's recipe: a short linear learning-rate warm-up, and a loose clip on the gradient's global norm

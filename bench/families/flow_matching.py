@@ -43,6 +43,7 @@ from pydantic import Field
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.engine import TrainSettings
 from bench.families.nets import time_conditioned_net
+from bench.space import Categorical, Float
 
 LOG_2PI = math.log(2 * math.pi)
 Solver = Literal["euler", "heun", "midpoint"]
@@ -149,6 +150,12 @@ class FlowMatching(GenerativeModel):
 
     family = "flow_matching"
     Options = FlowMatchingOptions
+    search_space = {  # bench tune (bench/space.py); solver and sample_steps are not searched: they are the NFE
+        "lr": Float(3e-4, 1e-2, log=True),
+        "width": Categorical([8, 16, 32]),
+        "time_sampling": Categorical(["uniform", "logit_normal"]),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "estimate"
     train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the velocity net
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, register_family
 from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+from bench.space import Categorical, Float, Int
 
 if TYPE_CHECKING:
     from bench.engine import Engine
@@ -173,6 +174,14 @@ class GAN(GenerativeModel):
 
     family = "gan"
     Options = GANOptions
+    search_space = {  # bench tune (bench/space.py); the loss is the model's identity, not searched
+        "lr_g": Float(2e-5, 2e-3, log=True),
+        "lr_d": Float(2e-5, 2e-3, log=True),
+        "z_dim": Int(16, 128, log=True),
+        "width": Categorical([16, 32, 64]),
+        "minibatch_std": Categorical([False, True]),
+        "batch_size": Categorical([32, 64, 128]),
+    }
     likelihood_kind = "none"
     conditional_capable = True
     watched_loss = "loss_d"  # D's loss: it blows up first when the game diverges

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
+from bench.space import Float
 
 if TYPE_CHECKING:
     from bench.engine import Engine
@@ -50,6 +51,10 @@ class NaiveBayes(GenerativeModel):
 
     family = "naive_bayes"
     Options = NaiveBayesOptions
+    search_space = {  # bench tune (bench/space.py): smoothing and the std floor; closed form, so no lr or batch size
+        "alpha": Float(0.01, 10.0, log=True),
+        "min_std": Float(0.3, 30.0, log=True),
+    }
     likelihood_kind = "exact"
     conditional_capable = True
     watched_loss = "nll"

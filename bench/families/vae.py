@@ -11,6 +11,16 @@ Likelihoods reported on test data (both lower bounds on log p(x)):
 * ``elbo``: one posterior sample per example;
 * ``iwae``: the importance-weighted bound with ``iwae_k`` samples (Burda et al. 2016,
   eq. 8); it tightens as k grows, so k is part of the metric's parameters.
+
+The simple VAE a newcomer writes first is in the family too, so tuning can find it: ``arch:
+mlp`` (one hidden ReLU layer of ``hidden`` units in the encoder and the decoder, as in the
+usual 20-line MNIST example) and ``decoder: bernoulli`` (a per-pixel Bernoulli on ``x / 255``,
+trained with binary cross-entropy against the grey levels). A Bernoulli over {0, 1} evaluated at
+grey values in [0, 1] is not a distribution over the 256 values of an 8-bit pixel, so its ELBO is
+*not* a bound on the common protocol's likelihood, and putting it beside the others as bits/dim
+would be wrong: with ``decoder: bernoulli`` the VAE reports no likelihood at all (like a GAN; its
+samples are still measured like every other family's). Likelihood numbers of the VAE therefore
+always come from the discretized-logistic decoder, on the 8-bit protocol.
 """
 from __future__ import annotations
 
@@ -20,9 +30,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+from bench.space import Categorical, Float, Int
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -30,7 +42,10 @@ LOG_2PI = math.log(2 * math.pi)
 class VAEOptions(FamilyOptions):
     latent_dim: int = Field(16, gt=0)  # size of z
     width: int = Field(32, gt=0)  # channels of the first conv layer (doubles per downsampling)
-    hidden: int = Field(256, gt=0)  # MLP width on 2-D points
+    hidden: int = Field(256, gt=0)  # MLP width on 2-D points and with arch: mlp
+    arch: Literal["conv", "mlp"] = "conv"  # images: conv encoder/decoder, or one-hidden-layer ReLU MLPs
+    decoder: Literal["logistic", "bernoulli"] = "logistic"  # images: discretized logistic (8-bit likelihood) or
+    #                                       Bernoulli on x/255 (binary cross-entropy; no likelihood reported)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
     iwae_k: int = Field(64, gt=0)  # importance samples for the IWAE bound at evaluation
     sample_mode: Literal["mean", "sample"] = "mean"  # images: decoder mean (usual) or a draw from p(x|z) (pixel noise)
@@ -54,21 +69,35 @@ def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: to
 
 
 class VAE(GenerativeModel):
-    """Convolutional VAE with a discretized-logistic decoder; ELBO and IWAE bounds."""
+    """VAE, conv (or MLP) with a discretized-logistic decoder: ELBO and IWAE bounds (Bernoulli decoder: none)."""
 
     family = "vae"
     Options = VAEOptions
+    search_space = {  # bench tune (bench/space.py); mlp + bernoulli is the usual first VAE a user writes
+        "lr": Float(1e-4, 3e-3, log=True),
+        "latent_dim": Int(2, 64, log=True),
+        "arch": Categorical(["conv", "mlp"]),
+        "decoder": Categorical(["logistic", "bernoulli"]),
+        "width": Categorical([16, 32, 64]),
+        "hidden": Categorical([256, 400, 512]),
+        "batch_size": Categorical([32, 64, 128, 256]),
+    }
     likelihood_kind = "lower_bound"
     watched_loss = "neg_elbo"
 
     def __init__(self, spec: DataSpec, options: VAEOptions):
         super().__init__(spec, options)
         z = options.latent_dim
-        if spec.kind == "image":
+        if spec.kind == "image" and options.arch == "mlp":
+            self.encoder = nn.Sequential(nn.Flatten(), mlp(spec.dim, 2 * z, options.hidden, depth=2, act=nn.ReLU))
+            self.decoder = nn.Sequential(mlp(z, spec.dim, options.hidden, depth=2, act=nn.ReLU),
+                                         nn.Unflatten(1, spec.shape))  # -> (B, C, H, W) logits or means
+        elif spec.kind == "image":
             self.encoder = ConvEncoder(spec.shape, 2 * z, width=options.width)  # -> (B, 2z): mean, log-variance
-            self.decoder = ConvDecoder(z, spec.shape, width=options.width)  # -> (B, C, H, W) means
+            self.decoder = ConvDecoder(z, spec.shape, width=options.width)  # -> (B, C, H, W) means (logits: bernoulli)
+        if spec.kind == "image" and options.decoder == "logistic":
             self.log_scale = torch.nn.Parameter(torch.full(spec.shape, -2.0))  # per-pixel logistic log-scale
-        else:
+        if spec.kind != "image":
             self.encoder = mlp(spec.dim, 2 * z, options.hidden)
             self.decoder = mlp(z, 2 * spec.dim, options.hidden)  # Gaussian mean and log-std
 
@@ -81,7 +110,9 @@ class VAE(GenerativeModel):
     def _log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x | z) in nats, (B,). Images: x in [-1, 1] on the 8-bit grid."""
         out = self.decoder(z)
-        if self.spec.kind == "image":
+        if self.spec.kind == "image" and self.options.decoder == "bernoulli":
+            logp = -F.binary_cross_entropy_with_logits(out, (x + 1) / 2, reduction="none")  # targets: grey levels x/255
+        elif self.spec.kind == "image":
             logp = discretized_logistic_logp(x, out, self.log_scale.clamp(min=-7))
         else:
             mean, log_std = out.chunk(2, dim=1)
@@ -117,6 +148,8 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
+        if self.spec.kind == "image" and self.options.decoder == "bernoulli":
+            return []  # not a likelihood of 8-bit data (module docstring): no bits/dim rather than a wrong one
         xs = self._to_model_scale(x.float() / 255 if self.spec.kind == "image" else x.float())
         elbo = self._log_weights(xs, 1, generator)[0]
         k = self.options.iwae_k
@@ -134,6 +167,11 @@ class VAE(GenerativeModel):
             mean, log_std = out.chunk(2, dim=1)
             noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
             return mean + log_std.clamp(-7, 5).exp() * noise
+        if self.options.decoder == "bernoulli":
+            p = torch.sigmoid(out)  # (n, C, H, W) pixel means
+            if self.options.sample_mode == "sample":  # a draw from p(x|z): black-or-white pixels
+                p = (torch.rand(p.shape, generator=generator, device=generator.device).to(p.device) < p).float()
+            return p
         if self.options.sample_mode == "sample":
             u = torch.rand(out.shape, generator=generator, device=generator.device).to(out.device).clamp(1e-5, 1 - 1e-5)
             out = out + self.log_scale.exp() * (torch.log(u) - torch.log1p(-u))  # logistic noise
