@@ -1,0 +1,58 @@
+"""Figures of the analysis: learning curves with their crossing point, closest sample-training pairs."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.analysis.classify import Crossing  # noqa: E402
+from bench.report.plots import image_grid  # noqa: E402
+
+LABELS = {"nb_gaussian": "naive Bayes (Gaussian pixels)", "nb_categorical": "naive Bayes (256-bin pixels)",
+          "logistic": "logistic regression", "cnn": "small CNN"}
+
+
+def learning_curves(curve: pd.DataFrame, crossings: dict[str, Crossing] | None = None, title: str = "") -> bytes:
+    """Test accuracy against training-set size (log axis), mean +- std over seeds; crossings as vertical lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    stats = curve.groupby(["classifier", "n_train"])["accuracy"].agg(["mean", "std"]).reset_index()
+    for name, s in stats.groupby("classifier", sort=False):
+        line, = ax.plot(s.n_train, s["mean"], marker="o", ms=3, label=LABELS.get(name, name))
+        ax.fill_between(s.n_train, s["mean"] - s["std"].fillna(0), s["mean"] + s["std"].fillna(0),
+                        color=line.get_color(), alpha=0.2)
+    for label, c in (crossings or {}).items():
+        if c.n_train is not None:
+            ax.axvline(c.n_train, color="0.4", ls="--", lw=1)
+            ax.text(c.n_train, 0.02, f" {label}\n n={c.n_train:,.0f}", fontsize=7, color="0.3", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples (balanced subsets; last point: whole pool)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def closest_pairs_grid(samples: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]]) -> bytes:
+    """Two rows per block of eight: samples nearest the training set above their nearest training images.
+
+    ``samples`` and ``train`` are uint8 (N, C, H, W); ``pairs`` from ``memorization.closest_pairs``.
+    """
+    k = 8
+    rows = []
+    for i in range(0, len(pairs), k):
+        block = pairs[i : i + k]
+        pad = k - len(block)
+        top = [samples[s] for s, _, _ in block] + [np.full_like(samples[0], 255)] * pad
+        bottom = [train[t] for _, t, _ in block] + [np.full_like(samples[0], 255)] * pad
+        rows += [np.stack(top), np.stack(bottom)]
+    return image_grid(np.concatenate(rows), n=len(rows) * k)
