@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from bench.analysis.classify import CLASSIFIERS, class_conditional, crossing_point, learning_curve
 from bench.analysis.measure import (background_model, generative_classifier, memorization, ood_sets, ood_table,
@@ -50,7 +51,7 @@ def curves(args: argparse.Namespace) -> None:
     out = Path(args.out)
     t0, c0 = time.perf_counter(), time.process_time()
     curve = learning_curve(ds, _sizes(args.sizes), [int(s) for s in args.seeds.split()], args.classifiers.split(),
-                           val_size=args.val_size)
+                           val_size=args.val_size, log=lambda line: print(line, flush=True))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     atomic_write_text(out / "curve.csv", curve.to_csv(index=False))
     crossings = {f"{g} / {d}": crossing_point(curve, g, d)
@@ -173,6 +174,7 @@ def per_class(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (on a busy machine more threads spin)")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("curves", help="generative vs discriminative learning curves")
     c.add_argument("--dataset", default="mnist")
@@ -204,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", required=True)
     q.set_defaults(fn=per_class)
     args = p.parse_args(argv)
-    args.fn(args)
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads):
+        args.fn(args)
     return 0
 
 

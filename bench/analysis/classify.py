@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -262,13 +262,15 @@ def balanced_subset(y: torch.Tensor, per_class: int, num_classes: int, seed: int
 
 
 def learning_curve(ds: Dataset, sizes: list[int | None], seeds: list[int], classifiers: list[str],
-                   val_size: int = 5000, cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)) -> pd.DataFrame:
+                   val_size: int = 5000, cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Test accuracy of each classifier over training-set sizes: one row per (classifier, size, seed).
 
     ``sizes`` are examples per class (balanced subsets of the training pool); ``None`` is the whole pool
     (every seed would draw the same set, so it is fitted once, as seed ``seeds[0]``). The validation split
     (``val_size`` training images, never trained on) chooses logistic regression's C; the test split is
     only ever scored. Naive Bayes runs with its defaults (no tuning), the CNN with a fixed recipe.
+    ``log`` receives one line per fit (progress).
     """
     unknown = sorted(set(classifiers) - set(CLASSIFIERS))
     if unknown:
@@ -292,6 +294,8 @@ def learning_curve(ds: Dataset, sizes: list[int | None], seeds: list[int], class
                 else:
                     row["accuracy"] = cnn_accuracy(x, y, ds, seed)
                 rows.append(row)
+                if log is not None:
+                    log(f"{name} n={len(idx)} seed={seed}: {row['accuracy']:.4f}")
     return pd.DataFrame(rows)
 
 
