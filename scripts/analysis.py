@@ -53,13 +53,19 @@ def curves(args: argparse.Namespace) -> None:
     curve = learning_curve(ds, _sizes(args.sizes), [int(s) for s in args.seeds.split()], args.classifiers.split(),
                            val_size=args.val_size, log=lambda line: print(line, flush=True))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n_fits, timings = len(curve), []
+    if args.append and (out / "curve.csv").is_file():  # add classifiers to a curve measured earlier
+        timings = json.loads((out / "crossings.json").read_text()).get("timings", [])
+        before = pd.read_csv(out / "curve.csv")
+        curve = pd.concat([before[~before.classifier.isin(set(curve.classifier))], curve], ignore_index=True)
     atomic_write_text(out / "curve.csv", curve.to_csv(index=False))
     crossings = {f"{g} / {d}": crossing_point(curve, g, d)
-                 for g in ("nb_gaussian", "nb_categorical") for d in ("logistic", "cnn")
+                 for g in ("nb_gaussian", "nb_categorical") for d in ("logistic", "logistic_c1", "cnn")
                  if g in set(curve.classifier) and d in set(curve.classifier)}
     summary = {
         "dataset": ds.name, "seeds": args.seeds, "sizes_per_class": args.sizes, "val_size": args.val_size,
-        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "torch_threads": torch.get_num_threads(),
+        "timings": timings + [{"classifiers": args.classifiers, "fits": n_fits, "wall_seconds": round(wall, 1),
+                               "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads()}],
         "crossings": {k: {"n_train": c.n_train, "per_class": None if c.n_train is None else c.n_train / ds.num_classes,
                           "note": c.note} for k, c in crossings.items()},
         "accuracy_mean": curve.groupby(["classifier", "n_train"])["accuracy"].mean().unstack(0).round(4)
@@ -69,7 +75,7 @@ def curves(args: argparse.Namespace) -> None:
     shown = {k.replace("nb_", "NB ").replace(" / ", " -> "): c for k, c in crossings.items() if k.endswith("logistic")}
     atomic_write_bytes(out / "curves.png", learning_curves(curve, shown, f"{ds.name}: generative vs discriminative"))
     print(json.dumps(summary["crossings"], indent=1))
-    print(f"{len(curve)} fits in {wall:.0f} s wall, {cpu:.0f} s CPU -> {out}")
+    print(f"{n_fits} fits in {wall:.0f} s wall, {cpu:.0f} s CPU -> {out}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--classifiers", default=" ".join(CLASSIFIERS))
     c.add_argument("--val-size", type=int, default=5000, help="training images held out to choose logistic C")
     c.add_argument("--out", required=True)
+    c.add_argument("--append", action="store_true", help="keep OUT/curve.csv's other classifiers (same sizes, seeds)")
     c.set_defaults(fn=curves)
     r = sub.add_parser("run", help="memorization, NLL gap, OOD and generative classifier of a run's cells")
     r.add_argument("run_dir")

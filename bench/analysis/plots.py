@@ -14,7 +14,8 @@ from bench.analysis.classify import Crossing  # noqa: E402
 from bench.report.plots import image_grid  # noqa: E402
 
 LABELS = {"nb_gaussian": "naive Bayes (Gaussian pixels)", "nb_categorical": "naive Bayes (256-bin pixels)",
-          "logistic": "logistic regression", "cnn": "small CNN"}
+          "logistic": "logistic regression (C on validation)", "logistic_c1": "logistic regression (C = 1)",
+          "cnn": "small CNN"}
 
 
 def learning_curves(curve: pd.DataFrame, crossings: dict[str, Crossing] | None = None, title: str = "") -> bytes:
