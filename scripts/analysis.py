@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from bench.analysis.classify import CLASSIFIERS, class_conditional, crossing_point, learning_curve
+from bench.analysis.classify import CLASSIFIERS, GENERATIVE, class_conditional, crossing_point, learning_curve
 from bench.analysis.measure import (background_model, generative_classifier, memorization, ood_sets, ood_table,
                                     train_per_class, train_test_gap)
 from bench.analysis.plots import closest_pairs_grid, learning_curves
@@ -60,7 +60,7 @@ def curves(args: argparse.Namespace) -> None:
         curve = pd.concat([before[~before.classifier.isin(set(curve.classifier))], curve], ignore_index=True)
     atomic_write_text(out / "curve.csv", curve.to_csv(index=False))
     crossings = {f"{g} / {d}": crossing_point(curve, g, d)
-                 for g in ("nb_gaussian", "nb_categorical") for d in ("logistic", "logistic_c1", "cnn")
+                 for g in GENERATIVE for d in CLASSIFIERS if d not in GENERATIVE
                  if g in set(curve.classifier) and d in set(curve.classifier)}
     summary = {
         "dataset": ds.name, "seeds": args.seeds, "sizes_per_class": args.sizes, "val_size": args.val_size,
@@ -72,7 +72,8 @@ def curves(args: argparse.Namespace) -> None:
                          .to_dict(orient="index"),
     }
     atomic_write_json(out / "crossings.json", summary)
-    shown = {k.replace("nb_", "NB ").replace(" / ", " -> "): c for k, c in crossings.items() if k.endswith("logistic")}
+    shown = {k.replace("nb_", "NB ").replace(" / ", " -> "): c for k, c in crossings.items()
+             if k.endswith("/ logistic") and "_tuned" in k}
     atomic_write_bytes(out / "curves.png", learning_curves(curve, shown, f"{ds.name}: generative vs discriminative"))
     print(json.dumps(summary["crossings"], indent=1))
     print(f"{n_fits} fits in {wall:.0f} s wall, {cpu:.0f} s CPU -> {out}")

@@ -127,13 +127,16 @@ def test_learning_curve_rows(digits, monkeypatch):
     import bench.analysis.classify as classify
 
     monkeypatch.setattr(classify, "CURVE_CNN", DomainRecipe(width=8, feat_dim=16, epochs=1, min_examples=500))
-    curve = learning_curve(digits, [1, 5, None], [0, 1], ["nb_gaussian", "nb_categorical", "logistic", "cnn"],
-                           val_size=300, cs=(0.1, 1.0))
+    names = ["nb_gaussian", "nb_categorical_tuned", "logistic", "logistic_c1", "cnn"]
+    curve = learning_curve(digits, [1, 5, None], [0, 1], names, val_size=300, cs=(0.1, 1.0))
     # two seeds at each size, one fit of the whole pool (every seed would draw the same set)
-    assert len(curve) == 4 * (2 + 2 + 1)
+    assert len(curve) == 5 * (2 + 2 + 1)
     assert set(curve[curve.per_class.isna()].n_train) == {1200}
     assert curve.accuracy.between(0, 1).all()
-    assert curve[curve.classifier == "logistic"].C.isin([0.1, 1.0]).all()
+    assert curve[curve.classifier == "logistic"].chosen.isin([0.1, 1.0]).all()
+    assert (curve[curve.classifier == "logistic_c1"].chosen == 1.0).all()
+    assert curve[curve.classifier == "nb_categorical_tuned"].chosen.isin([0.01, 0.03, 0.1, 0.3, 1.0]).all()
+    assert curve[curve.classifier == "nb_gaussian"].chosen.isna().all()
     full = curve[curve.per_class.isna()].set_index("classifier").accuracy
     assert full["nb_gaussian"] > 0.7 and full["logistic"] > 0.9
     with pytest.raises(BenchError, match="choose from"):

@@ -14,6 +14,8 @@ from bench.analysis.classify import Crossing  # noqa: E402
 from bench.report.plots import image_grid  # noqa: E402
 
 LABELS = {"nb_gaussian": "naive Bayes (Gaussian pixels)", "nb_categorical": "naive Bayes (256-bin pixels)",
+          "nb_gaussian_tuned": "naive Bayes (Gaussian, std floor on validation)",
+          "nb_categorical_tuned": "naive Bayes (256-bin, alpha on validation)",
           "logistic": "logistic regression (C on validation)", "logistic_c1": "logistic regression (C = 1)",
           "cnn": "small CNN"}
 
