@@ -40,6 +40,7 @@ from bench.runner import data_spec, load_checkpoint, resolve_device
 from bench.store import RunStore
 
 SIZES = "1 2 5 10 20 50 100 200 500 full"
+ANALYSES = ("memorization", "gap", "ood", "classify")
 
 
 def _sizes(text: str) -> list[int | None]:
@@ -79,6 +80,15 @@ def curves(args: argparse.Namespace) -> None:
     print(f"{n_fits} fits in {wall:.0f} s wall, {cpu:.0f} s CPU -> {out}")
 
 
+def _classifies(model: object) -> bool:
+    """Whether the model gives log p(x|y) (unconditional families: see the per-class command)."""
+    try:
+        class_conditional(model)
+    except BenchError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     cfg = load_suite(run_dir / "suite.yaml")
@@ -100,21 +110,17 @@ def run(args: argparse.Namespace) -> None:
         key = {"model": rec.model, "family": rec.family, "seed": rec.seed}
         samples = load_samples(run_dir / rec.artifacts["samples"])
         g = torch.Generator(device=device).manual_seed(rec.seed)
-        for space in ("pixel", "domain"):
+        for space in (("pixel", "domain") if "memorization" in args.analyses else ()):
             mem = memorization(samples, ds, space, device, n_test=args.n_test, seed=rec.seed)
             rows["memorization"].append({**key, **mem.row()})
             if space == "pixel":
                 atomic_write_bytes(out / "pairs" / f"{rec.cell_id}.png",
                                    closest_pairs_grid(samples.numpy(), ds.train_x.numpy(), mem.pairs))
-        if model.likelihood_kind != "none":
+        if model.likelihood_kind != "none" and "gap" in args.analyses:
             rows["gap"].append({**key, **(train_test_gap(model, ds, args.n_ood, g) or {})})
-        if model.likelihood_kind != "none" or has_encoder(model):
+        if (model.likelihood_kind != "none" or has_encoder(model)) and "ood" in args.analyses:
             rows["ood"] += [{**key, **r} for r in ood_table(model, ds, sets, args.n_ood, g, background)]
-        try:
-            class_conditional(model)
-        except BenchError:
-            pass  # an unconditional family: see the per-class command
-        else:
+        if "classify" in args.analyses and _classifies(model):
             rows["classify"] += [{**key, **r} for r in generative_classifier(model, ds, len(ds.test_x), g)]
         print(f"{rec.cell_id}: {time.perf_counter() - t0:.0f} s", flush=True)
     for name, r in rows.items():
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="out-of-distribution sets: noise, hflip, vflip or a dataset name (fashion_mnist, mnist)")
     r.add_argument("--n-ood", type=int, default=1000, help="images per set (in-distribution test images too)")
     r.add_argument("--n-test", type=int, default=2000, help="test images the memorization statistics compare with")
+    r.add_argument("--analyses", nargs="+", default=list(ANALYSES), choices=ANALYSES)
     r.add_argument("--device", default="auto")
     r.add_argument("--out", help="default: RUN_DIR/analysis")
     r.set_defaults(fn=run)
