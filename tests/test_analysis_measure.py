@@ -41,7 +41,7 @@ def test_ood_table_separates_noise_and_gives_every_score(digits, nb):
     sets = ood_sets(digits, ["noise", "vflip"], n=200)
     rows = ood_table(nb, digits, sets, n=200, generator=torch.Generator().manual_seed(0), background=nb)
     got = {(r["ood_set"], r["score"]): r for r in rows}
-    assert set(got) == {(s, k) for s in ("noise", "vflip") for k in ("nll", "typicality", "ratio")}
+    assert set(got) == {(s, k) for s in ("noise", "vflip") for k in ("nll", "typicality", "ratio", "complexity")}
     assert got["noise", "nll"]["auroc"] == 1.0 and got["noise", "typicality"]["auroc"] == 1.0
     # the model is its own background here: the ratio is identically zero and cannot rank anything
     assert got["noise", "ratio"]["auroc"] == 0.5 and got["noise", "nll"]["kind"] == "exact"
@@ -54,7 +54,7 @@ def test_models_with_an_encoder_are_scored_by_reconstruction_too(digits, nb):
     vae = VAE(spec, VAEOptions(width=8, latent_dim=4, iwae_k=2)).eval()
     assert reconstruct(vae, digits.test_x[:5]).shape == (5, 1, 8, 8)
     rows = ood_table(vae, digits, ood_sets(digits, ["noise"], n=50), n=50, generator=torch.Generator(), background=nb)
-    assert {r["score"] for r in rows} == {"nll", "typicality", "ratio", "reconstruction"}
+    assert {r["score"] for r in rows} == {"nll", "typicality", "ratio", "complexity", "reconstruction"}
     assert {r["estimator"] for r in rows if r["score"] == "nll"} == {"iwae"}  # the tighter bound
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from bench.analysis.ood import (auroc, likelihood_ratio_score, nll_bits_per_dim, reconstruction_error, synthetic_ood,
-                                typicality_score)
+from bench.analysis.ood import (auroc, complexity_score, likelihood_ratio_score, nll_bits_per_dim, png_bits_per_dim,
+                                reconstruction_error, synthetic_ood, typicality_score)
 from bench.errors import BenchError
 
 
@@ -60,3 +60,13 @@ def test_synthetic_sets_keep_shape_and_dtype():
     assert torch.equal(synthetic_ood("vflip", x, g)[:, :, 0], x[:, :, -1])
     with pytest.raises(BenchError, match="noise, hflip, vflip"):
         synthetic_ood("blur", x, g)
+
+
+def test_png_length_ranks_noise_above_blank_images_and_complexity_subtracts_it():
+    blank = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    noise = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    lb, ln = png_bits_per_dim(blank), png_bits_per_dim(noise)
+    assert (lb < 1).all() and (ln > 8).all()  # incompressible noise costs more than its 8 bits (PNG overhead)
+    assert torch.equal(lb, lb[:1].expand(3))  # identical images, identical lengths
+    nll = torch.tensor([2.0, 2.0, 2.0])
+    assert torch.allclose(complexity_score(nll, noise), nll.double() - ln)

@@ -17,8 +17,8 @@ from bench.analysis.classify import (PerClassModels, bayes_accuracy, class_subse
                                      log_class_frequencies)
 from bench.analysis.memorization import (closer_share, closest_pairs, data_copying_ct, exact_copy_share, flat_pixels,
                                          near_copy_share, nearest_neighbours, nll_gap)
-from bench.analysis.ood import (SYNTHETIC, auroc, likelihood_ratio_score, nll_bits_per_dim, reconstruction_error,
-                                synthetic_ood, typicality_score)
+from bench.analysis.ood import (SYNTHETIC, auroc, complexity_score, likelihood_ratio_score, nll_bits_per_dim,
+                                reconstruction_error, synthetic_ood, typicality_score)
 from bench.analysis.probes import has_encoder, log_likelihoods, preferred, reconstruct
 from bench.config import Budget
 from bench.data import Dataset, load_dataset
@@ -144,7 +144,7 @@ def ood_table(model: GenerativeModel, ds: Dataset, sets: dict[str, torch.Tensor]
     """AUROC of every score at separating ``n`` test images from each set: one row per (set, score).
 
     Scores: ``nll`` (raw), ``typicality`` (reference: ``n`` training images), ``ratio`` (against
-    ``background``), and ``reconstruction`` for models with an encoder.
+    ``background``), ``complexity`` (against PNG), and ``reconstruction`` for models with an encoder.
     """
     inside = ds.test_x[subset(len(ds.test_x), n, 0)]
     scores_of: dict[str, Any] = {}
@@ -158,7 +158,7 @@ def ood_table(model: GenerativeModel, ds: Dataset, sets: dict[str, torch.Tensor]
             nll = nll_bits_per_dim(lk.log_prob, ds.dim)
             bg_nll = nll_bits_per_dim(preferred(log_likelihoods(bg, x, generator, batch_size)).log_prob, ds.dim)
             return {"nll": nll, "typicality": typicality_score(nll, nll_bits_per_dim(ref.log_prob, ds.dim)),
-                    "ratio": likelihood_ratio_score(nll, bg_nll)}
+                    "ratio": likelihood_ratio_score(nll, bg_nll), "complexity": complexity_score(nll, x)}
 
         scores_of["in"] = likelihood_scores(inside, lk_in)
         scores_of.update({name: likelihood_scores(x) for name, x in sets.items()})

@@ -14,16 +14,23 @@ A score is "higher = more out-of-distribution". Three scores per likelihood mode
   "Likelihood ratios for out-of-distribution detection") and Schirrmeister et al. (2020), with
   the simplest background there is. What both models share (how many pixels are dark) cancels.
 
+* ``complexity``: NLL(x) - L(x), L the PNG-compressed length of x in bits/dim: the input-complexity
+  correction of Serrà et al. (2020, "Input complexity and out-of-distribution detection with
+  likelihood-based generative models", eq. 2, with PNG as the generic compressor). It needs no
+  training: a lossless compressor is a background model of "images in general".
+
 Models with an encoder also get ``reconstruction``: the per-image squared error of x against
 its reconstruction, which needs no likelihood at all.
 """
 from __future__ import annotations
 
+import io
 import math
 from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from bench.errors import BenchError
@@ -71,6 +78,25 @@ def likelihood_ratio_score(nll: torch.Tensor, background_nll: torch.Tensor) -> t
     if nll.shape != background_nll.shape:
         raise ValueError(f"likelihood_ratio_score: shapes differ, {tuple(nll.shape)} vs {tuple(background_nll.shape)}")
     return nll.double() - background_nll.double()
+
+
+def png_bits_per_dim(x: torch.Tensor) -> torch.Tensor:
+    """Length of each uint8 image (N, C, H, W) compressed as PNG (Pillow, level 9), in bits per dimension, (N,).
+
+    The file's fixed overhead (signature, header and end chunks) is included; it is the same for every
+    image of one shape, so it shifts scores without changing any AUROC.
+    """
+    out = []
+    for img in x.numpy():
+        buf = io.BytesIO()
+        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(buf, format="PNG", compress_level=9)
+        out.append(8 * buf.getbuffer().nbytes / img.size)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def complexity_score(nll: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """NLL in bits/dim minus the PNG length in bits/dim (Serrà et al. 2020, S(x)), (N,)."""
+    return nll.double() - png_bits_per_dim(x)
 
 
 def reconstruction_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
