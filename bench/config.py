@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.engine import TrainSettings, resolve_settings
 from bench.errors import BenchError
 
 from bench.compare import CompareOptions
@@ -100,6 +101,7 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = {}  # the family's options (validated by the family's Options model)
     budget: Budget | None = None  # overrides the suite budget for this model
     batch_size: int | None = Field(None, gt=0)  # overrides the suite batch size
+    train: TrainSettings = TrainSettings()  # engine settings for this model; the keys given override the suite's
     seeds: list[int] | None = None  # overrides the suite seeds
     checkpoint: str | None = None  # load this checkpoint instead of training (path relative to the suite file)
     debug: DebugConfig = DebugConfig()  # fault injection for tests
@@ -115,6 +117,8 @@ class SuiteConfig(_Strict):
     budgets: list[Budget] | None = Field(None, min_length=1)  # a sweep instead: every model without a budget of
     # its own trains once per budget, as model "<name>@<budget>" (e.g. flow@45s); cells = model x budget x seed
     batch_size: int = Field(128, gt=0)  # training batch size
+    train: TrainSettings = TrainSettings()  # engine settings (precision, grad_clip, ema, warmup_steps, schedule,
+    # compile); the keys given override each family's own defaults, and a model's train: overrides these
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
     threads: int | None = Field(None, gt=0)  # torch CPU threads; None = torch's default
     eval: EvalConfig = EvalConfig()  # what is measured after training
@@ -145,6 +149,13 @@ class SuiteConfig(_Strict):
 
     def batch_size_for(self, m: ModelConfig) -> int:
         return m.batch_size or self.batch_size
+
+    def train_for(self, m: ModelConfig) -> TrainSettings:
+        """The engine settings of a model: its family's ``train_defaults``, then the suite's ``train:``, then the
+        model's own, each overriding only the keys it gives."""
+        from bench.families import FAMILIES  # the registry, imported where used as in _check_references
+
+        return resolve_settings(FAMILIES.get(m.family).cls.train_defaults, self.train, m.train)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -94,6 +94,7 @@ class CellRecord:
     spent: dict[str, Any]  # seconds, steps, examples, epochs, params, peak_memory_mb
     metrics: list[Metric]
     options: dict[str, Any] = field(default_factory=dict)  # family options as resolved
+    train: dict[str, Any] = field(default_factory=dict)  # engine settings as resolved (precision, grad_clip, ema, ...)
     environment: dict[str, Any] = field(default_factory=dict)
     diverged_at: int | None = None
     error: str = ""  # one line when status != "ok"

@@ -27,9 +27,10 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.results import CellRecord, Metric, cell_id, metric
+from bench.engine import TrainSettings
 from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bench.store import RunStore, latest_run_dir, new_run_dir
-from bench.train import TrainResult, steps_for, train
+from bench.train import Spent, TrainContext, TrainResult, steps_for, train
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Cell:
     seed: int
     budget: Budget
     batch_size: int
+    train: TrainSettings = TrainSettings()  # the engine's settings, resolved (family defaults < suite < model)
 
     @property
     def id(self) -> str:
@@ -57,7 +59,7 @@ def plan(cfg: SuiteConfig, only: list[str] | None = None, seeds: list[int] | Non
             raise BenchError(f"--only: no model named {', '.join(unknown)}; the suite has: {', '.join(sorted(known))}")
         models = [m for m in models if m.name in only or m.name.split("@")[0] in only]
     return [
-        Cell(m, s, cfg.budget_for(m), cfg.batch_size_for(m))
+        Cell(m, s, cfg.budget_for(m), cfg.batch_size_for(m), cfg.train_for(m))
         for m in models
         for s in (seeds if seeds is not None else cfg.seeds_for(m))
     ]
@@ -110,7 +112,8 @@ def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device)
     return cls(spec, cls.Options(**m.options)).to(device)
 
 
-def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: DataSpec) -> None:
+def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: DataSpec,
+                    optimizers: dict[str, torch.optim.Optimizer]) -> None:
     """State dict + config, loadable with ``torch.load(weights_only=True)``."""
     import io
 
@@ -123,7 +126,7 @@ def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: Da
             "spec": {"kind": spec.kind, "shape": list(spec.shape), "num_classes": spec.num_classes,
                      "class_frequencies": list(spec.class_frequencies)},
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         },
         buf,
     )
@@ -171,9 +174,8 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
     try:
         if m.checkpoint:
             model = load_checkpoint((suite_dir / m.checkpoint).resolve(), m, spec, device)
-            result = TrainResult("ok", {"seconds": 0.0, "steps": 0, "examples": 0, "epochs": 0.0,
-                                        "params": model.num_parameters(), "peak_memory_mb": 0.0,
-                                        "snapshot_seconds": 0.0, "loaded_from": m.checkpoint}, _empty_log())
+            spent = Spent(0.0, 0, 0, 0.0, model.num_parameters(), 0.0, loaded_from=m.checkpoint)
+            result = TrainResult("ok", spent, _empty_log(), watched=model.watched_loss)
         else:
             model = build_model(m, spec, cell.seed, device)
             snapshot_fn = None
@@ -181,20 +183,22 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
                 from bench.metrics.stability import snapshot_fn_for
 
                 snapshot_fn = snapshot_fn_for(ds, device, cfg.eval.snapshot_samples, cell.seed)
-            result = train(model, train_ds, cell.budget, batch_size=cell.batch_size, seed=cell.seed, device=device,
-                           snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn,
-                           nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
-                           progress=progress)
+            ctx = TrainContext(cell.budget, cell.batch_size, cell.seed, device, cell.train,
+                               snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn,
+                               nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
+                               progress=progress, label=cell.id)
+            result = train(model, train_ds, ctx)
             log_path = store.path("logs", cell.id, "csv")
             atomic_write_text(log_path, result.log.to_csv(index=False))
             rec.artifacts["log"] = str(log_path.relative_to(store.dir))
         rec.options = model.options.model_dump()
-        rec.spent = result.spent
-        rec.metrics += _cost_metrics(result)
+        rec.train = result.settings.model_dump() if result.settings is not None else {}
+        rec.spent = result.spent.as_record()
+        rec.metrics += _cost_metrics(result.spent)
         if "stability" in cfg.eval.metrics and not m.checkpoint:
             from bench.metrics.stability import loss_curves, training_stability
 
-            rec.metrics += training_stability(result, m.family)
+            rec.metrics += training_stability(result, type(model).adversarial)
             rec.curves["snapshots"] = result.snapshots
             rec.curves["losses"] = loss_curves(result.log)
         if result.status == "diverged":
@@ -202,7 +206,7 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
             return rec
         if not m.checkpoint:
             ck = store.path("checkpoints", cell.id, "pt")
-            save_checkpoint(ck, model, m, spec)
+            save_checkpoint(ck, model, m, spec, result.optimizers)
             rec.artifacts["checkpoint"] = str(ck.relative_to(store.dir))
         from bench.evaluate import evaluate
 
@@ -231,11 +235,10 @@ def _empty_log():
     return pd.DataFrame({"step": []})
 
 
-def _cost_metrics(result: TrainResult) -> list[Metric]:
-    s = result.spent
-    out = [metric("params", s["params"]), metric("train_seconds", s["seconds"])]
-    if s["seconds"] > 0 and s["steps"] > 0:
-        out.append(metric("train_steps_per_s", s["steps"] / s["seconds"]))
+def _cost_metrics(spent: Spent) -> list[Metric]:
+    out = [metric("params", spent.params), metric("train_seconds", round(spent.seconds, 4))]
+    if spent.steps_per_second is not None:
+        out.append(metric("train_steps_per_s", spent.steps_per_second))
     return out
 
 
@@ -256,7 +259,8 @@ def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, devi
         b = ", ".join(f"{k}={v:g}" for k, v in c.budget.as_dict().items())
         steps = steps_for(c.budget, n_train, c.batch_size) if n_train else None
         extra = f" (= {steps} steps)" if steps and c.budget.steps is None else ""
-        src = f"load {c.model.checkpoint}" if c.model.checkpoint else f"train {b}{extra}, batch {c.batch_size}"
+        how = "".join(f", {v}" for v in (c.train.precision, c.train.compile and "compiled") if v and v != "fp32")
+        src = f"load {c.model.checkpoint}" if c.model.checkpoint else f"train {b}{extra}, batch {c.batch_size}{how}"
         lines.append(f"  {c.id:<32} {c.model.family:<14} {src}")
     return "\n".join(lines)
 

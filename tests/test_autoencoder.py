@@ -8,17 +8,17 @@ from bench.data import load_dataset
 from bench.families.autoencoder import Autoencoder, AutoencoderOptions
 from bench.families.base import DataSpec
 from bench.runner import data_spec
-from bench.train import train
+from bench.train import TrainContext, train
 
 
 def test_training_lowers_reconstruction_and_fits_the_mixture():
     ds = load_dataset("digits")
     torch.manual_seed(0)
     m = Autoencoder(data_spec(ds), AutoencoderOptions(latent_dim=4, width=8, components=3))
-    r = train(m, ds, Budget(steps=120), batch_size=64, seed=0, device=torch.device("cpu"))
+    r = train(m, ds, TrainContext(Budget(steps=120), batch_size=64, seed=0))
     assert r.status == "ok" and r.log["rec"].iloc[-10:].mean() < 0.5 * r.log["rec"].iloc[:5].mean()
     assert bool(m.gmm_fitted) and abs(m.gmm_weights.sum().item() - 1) < 1e-5
-    assert r.spent["finalize_seconds"] > 0 and r.spent["seconds"] >= r.spent["finalize_seconds"]
+    assert r.spent.finalize_seconds > 0 and r.spent.seconds >= r.spent.finalize_seconds
     s = m.sample(50, torch.Generator().manual_seed(0))
     assert s.shape == (50, 1, 8, 8) and 0 <= s.min() and s.max() <= 1
     assert torch.equal(s, m.sample(50, torch.Generator().manual_seed(0)))

@@ -14,7 +14,7 @@ from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.families.autoregressive import Autoregressive, AutoregressiveOptions, autoregress, scale_in
 from bench.families.base import DataSpec
-from bench.train import train
+from bench.train import TrainContext, train
 
 SMALL = dict(channels=8, layers=2, head=16)
 
@@ -122,7 +122,7 @@ def test_training_on_digits_lowers_bits_per_dim_and_is_deterministic():
     for _ in range(2):
         torch.manual_seed(0)
         m = Autoregressive(_spec(8, 8), AutoregressiveOptions(**SMALL, lr=3e-3))
-        r = train(m, ds, Budget(steps=40), batch_size=64, seed=0, device=torch.device("cpu"))
+        r = train(m, ds, TrainContext(Budget(steps=40), batch_size=64, seed=0))
         runs.append((r.log["nll_bpd"], m.sample(4, torch.Generator().manual_seed(0))))
     bpd = runs[0][0]
     assert bpd[-5:].mean() < bpd[:3].mean() - 2.0  # from ~8 bits/dim (uniform) to well below
@@ -152,8 +152,8 @@ def test_training_on_ring8_fits_the_density_and_samples_land_on_the_modes():
     ds = load_dataset("toy2d", {"pattern": "ring8", "n_train": 4000, "n_test": 2000})
     torch.manual_seed(0)
     m = Autoregressive(POINTS, AutoregressiveOptions())
-    r = train(m, ds, Budget(steps=600), batch_size=128, seed=0, device=torch.device("cpu"))
-    assert r.log["nll_nats"][-20:].mean() < r.log["nll_nats"][:5].mean() - 2.0
+    r = train(m, ds, TrainContext(Budget(steps=600), batch_size=128, seed=0))
+    assert r.log["nll"][-20:].mean() < r.log["nll"][:5].mean() - 2.0
     test_nll = -m.log_likelihood(ds.test_x, torch.Generator())[0].log_prob.mean().item()
     assert test_nll < -1.5  # the true density's NLL is about -2.93 nats; a single Gaussian gets ~ +3.4
     s = m.sample(2000, torch.Generator().manual_seed(0))

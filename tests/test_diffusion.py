@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from bench.engine import Engine
 from bench.errors import BenchError
 from bench.families.base import FAMILIES, DataSpec
 from bench.families.diffusion import (
@@ -164,7 +165,7 @@ def test_vlb_of_untrained_model_matches_closed_form(sigma, t_samples):
     v = torch.randint(0, 256, (1, 1, 8, 8), generator=_gen(1)).to(torch.uint8)
     v[0, 0, 0, :3] = torch.tensor([0, 255, 128], dtype=torch.uint8)  # both edge bins and a middle one
     x = v.expand(600, 1, 8, 8)  # one image, 600 independent estimates
-    assert float(m.ema(x.float(), torch.rand(600)).abs().max()) == 0.0
+    assert float(m.averaged("net")(x.float(), torch.rand(600)).abs().max()) == 0.0
     lk = m.log_likelihood(x, _gen(2))[0]
     assert lk.kind == "lower_bound" and lk.estimator == "vlb"
     assert lk.params["t_samples"] == (t_samples or T - 1) and lk.params["T"] == T
@@ -196,7 +197,7 @@ def test_sample_shapes_and_range(spec, opts):
 def test_nfe_is_the_number_of_network_calls(sampler, steps, T):
     m = _model(DIGITS, sampler=sampler, sample_steps=steps, timesteps=T).eval()
     calls = []
-    m.ema.register_forward_hook(lambda *a: calls.append(1))
+    m.averaged("net").register_forward_hook(lambda *a: calls.append(1))
     m.sample(3, _gen())
     assert len(calls) == m.nfe_per_sample == steps
 
@@ -207,8 +208,9 @@ def test_same_seed_same_samples_and_likelihood():
         m = _model(DIGITS, seed=5, sample_steps=5, vlb_t_samples=4)
         m.seed_training(11)
         x = torch.randint(0, 256, (16, 1, 8, 8), generator=_gen(0)).float() / 255
+        engine = Engine(m)
         for _ in range(3):
-            m.training_step(x, torch.zeros(16, dtype=torch.long))
+            engine.step(x, torch.zeros(16, dtype=torch.long))
         m.eval()
         outs.append((m.sample(6, _gen(1)), m.log_likelihood((x * 255).round().to(torch.uint8), _gen(2))[0].log_prob))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
@@ -217,11 +219,11 @@ def test_same_seed_same_samples_and_likelihood():
 def test_ema_and_parameter_count():
     m = _model(DIGITS)
     assert m.num_parameters() == sum(p.numel() for p in m.net.parameters())
-    assert all(not p.requires_grad for p in m.ema.parameters())
+    assert all(not p.requires_grad for p in m.averaged("net").parameters())
     before = [p.detach().clone() for p in m.net.parameters()]
-    m.training_step(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    Engine(m).step(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
     d = (1 + 1) / (10 + 1)  # warm-up decay at the first update
-    for p0, p1, e in zip(before, m.net.parameters(), m.ema.parameters()):
+    for p0, p1, e in zip(before, m.net.parameters(), m.averaged("net").parameters()):
         assert torch.allclose(e, d * p0 + (1 - d) * p1, atol=1e-7)
     assert any(not torch.equal(p0, p1) for p0, p1 in zip(before, m.net.parameters()))
 
@@ -238,7 +240,8 @@ def test_training_on_ring_lowers_loss_and_samples_land_on_the_ring():
     m = Diffusion(POINTS, DiffusionOptions(timesteps=200))
     m.seed_training(0)
     g = _gen(0)
-    losses = [float(m.training_step(_ring(128, g), torch.zeros(128, dtype=torch.long))["loss"]) for _ in range(1500)]
+    engine = Engine(m)
+    losses = [float(engine.step(_ring(128, g), torch.zeros(128, dtype=torch.long))["loss"]) for _ in range(1500)]
     assert np.mean(losses[-100:]) < 0.6 * np.mean(losses[:20])
     m.eval()
     s = m.sample(1000, _gen(1))

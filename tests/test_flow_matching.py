@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.special import log_ndtr
 
+from bench.engine import Engine
 from bench.errors import BenchError
 from bench.families.base import FAMILIES, DataSpec
 from bench.families.flow_matching import (
@@ -143,7 +144,7 @@ def test_sample_shapes_and_8bit_grid(spec):
 def test_nfe_is_the_number_of_network_calls(solver, steps, nfe):
     m = _model(DIGITS, solver=solver, sample_steps=steps).eval()
     calls = []
-    m.ema.register_forward_hook(lambda *a: calls.append(1))
+    m.averaged("net").register_forward_hook(lambda *a: calls.append(1))
     m.sample(3, _gen())
     assert len(calls) == m.nfe_per_sample == nfe
 
@@ -154,8 +155,9 @@ def test_same_seed_same_samples_and_likelihood():
         m = _model(DIGITS, seed=5, sample_steps=4, likelihood_steps=3)
         m.seed_training(11)
         x = torch.randint(0, 256, (16, 1, 8, 8), generator=_gen(0)).float() / 255
+        engine = Engine(m)
         for _ in range(3):
-            m.training_step(x, torch.zeros(16, dtype=torch.long))
+            engine.step(x, torch.zeros(16, dtype=torch.long))
         m.eval()
         outs.append((m.sample(6, _gen(1)), m.log_likelihood((x * 255).round().to(torch.uint8), _gen(2))[0].log_prob))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
@@ -177,7 +179,8 @@ def test_training_on_ring_lowers_loss_and_samples_land_on_the_ring():
     m = _model(POINTS)
     m.seed_training(0)
     g = _gen(0)
-    losses = [float(m.training_step(_ring(128, g), torch.zeros(128, dtype=torch.long))["loss"]) for _ in range(1500)]
+    engine = Engine(m)
+    losses = [float(engine.step(_ring(128, g), torch.zeros(128, dtype=torch.long))["loss"]) for _ in range(1500)]
     assert np.mean(losses[-100:]) < 0.8 * np.mean(losses[:20])
     m.eval()
     s = m.sample(1000, _gen(1))

@@ -11,10 +11,11 @@ from pydantic import ValidationError
 import bench.data.registered  # noqa: F401  (registers toy2d, digits, ...)
 from bench.config import Budget
 from bench.data import Dataset, load_dataset
+from bench.engine import Engine
 from bench.families.base import DataSpec
 from bench.families.gan import GAN, GANOptions, minibatch_std
 from bench.metrics.stability import snapshot_fn_for, training_stability
-from bench.train import train
+from bench.train import TrainContext, train
 
 LOSSES = ["minimax", "nonsaturating", "wgan", "wgan_gp", "hinge"]
 CPU = torch.device("cpu")
@@ -172,8 +173,8 @@ def test_one_step_on_images_updates_both_nets(shape, loss):
     g0 = [p.detach().clone() for p in m.G.parameters()]
     d0 = [p.detach().clone() for p in m.D.parameters()]
     x = torch.randint(0, 256, (6, *shape)).float() / 255
-    out = m.training_step(x, torch.arange(6) % 10)
-    assert next(iter(out)) == "loss_d"
+    out = Engine(m).step(x, torch.arange(6) % 10)
+    assert GAN.watched_loss == "loss_d" and GAN.adversarial
     assert {"loss_d", "loss_g", "d_acc_real", "d_acc_fake"} <= set(out)
     assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in out.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, m.G.parameters()))
@@ -200,7 +201,7 @@ def test_training_is_deterministic_given_the_seed(ring):
     runs = []
     for _ in range(2):
         m = build(spec_of(ring), seed=1, **TOY_ADAM)
-        r = train(m, ring, Budget(steps=20), batch_size=64, seed=1, device=CPU)
+        r = train(m, ring, TrainContext(Budget(steps=20), batch_size=64, seed=1))
         runs.append((r.log.drop(columns="seconds"), m.sample(10, torch.Generator().manual_seed(0))))
     assert runs[0][0].equals(runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
@@ -209,7 +210,7 @@ def test_hinge_default_spectral_norm_keeps_d_layers_at_unit_norm(ring):
     # Miyato 2018: W / sigma(W) with sigma from power iteration (one iteration per forward in train mode).
     # After training, a few more forwards let the iteration converge: the largest singular value is then 1.
     m = build(spec_of(ring), loss="hinge", **TOY_ADAM)
-    train(m, ring, Budget(steps=30), batch_size=64, seed=0, device=CPU)
+    train(m, ring, TrainContext(Budget(steps=30), batch_size=64, seed=0))
     m.train()
     with torch.no_grad():
         for _ in range(30):
@@ -250,7 +251,7 @@ def test_each_loss_trains_on_the_ring(loss, ring):
     m.eval()
     before = median_mode_distance(m, ring)
     m.train()
-    r = train(m, ring, Budget(steps=300), batch_size=128, seed=0, device=CPU)
+    r = train(m, ring, TrainContext(Budget(steps=300), batch_size=128, seed=0))
     assert r.status == "ok" and r.log.drop(columns=["step", "seconds"]).notna().all().all()
     after = median_mode_distance(m, ring)
     assert before > 1.5  # the ring has radius 2; an untrained G sits near the origin
@@ -261,14 +262,14 @@ def test_nonsaturating_gan_covers_the_ring_and_the_curve_shows_it(ring):
     """Seeded, real check: >= 6 of 8 modes covered at the end, with the quality-over-time curve recorded."""
     m = build(spec_of(ring), loss="nonsaturating", minibatch_std=True, **TOY_ADAM)
     probe = snapshot_fn_for(ring, CPU, n_samples=2000, seed=0, quality_fn=coverage_probe)
-    r = train(m, ring, Budget(steps=1500), batch_size=256, seed=0, device=CPU, snapshot_every=500, snapshot_fn=probe)
+    r = train(m, ring, TrainContext(Budget(steps=1500), batch_size=256, seed=0, snapshot_every=500, snapshot_fn=probe))
     assert r.status == "ok"
     curve = [s["modes_covered"] for s in r.snapshots]
     assert [s["step"] for s in r.snapshots] == [500, 1000, 1500]
     covered, hq = ring_coverage(m.sample(2000, torch.Generator().manual_seed(7)), ring)
     assert covered >= 6, f"modes covered {covered} (curve {curve})"
     assert hq > 0.5
-    v = {x.name: x.value for x in training_stability(r, "gan")}
+    v = {x.name: x.value for x in training_stability(r, adversarial=True)}
     assert v["snap_modes_covered_final"] >= 6 and v["diverged"] == 0.0
     assert 0.3 < v["d_acc"] < 0.95  # neither side has won outright
 
@@ -288,11 +289,11 @@ def test_a_collapsed_generator_is_flagged_by_coverage_and_by_the_curve(ring):
     m = build(spec_of(ring), **TOY_ADAM)
     m.G = _OneMode(m.G, ring.mixture.means[0], ring.mixture.std)
     probe = snapshot_fn_for(ring, CPU, n_samples=1000, seed=0, quality_fn=coverage_probe)
-    r = train(m, ring, Budget(steps=60), batch_size=64, seed=0, device=CPU, snapshot_every=20, snapshot_fn=probe)
+    r = train(m, ring, TrainContext(Budget(steps=60), batch_size=64, seed=0, snapshot_every=20, snapshot_fn=probe))
     assert r.status == "ok"
     assert [s["modes_covered"] for s in r.snapshots] == [1.0, 1.0, 1.0]  # the whole curve stays at one mode
     assert all(s["high_quality_share"] > 0.95 for s in r.snapshots)  # quality alone would not flag it
-    v = {x.name: x.value for x in training_stability(r, "gan")}
+    v = {x.name: x.value for x in training_stability(r, adversarial=True)}
     assert v["snap_modes_covered_final"] == 1.0 and v["snap_modes_covered_min"] == 1.0
     assert v["snap_modes_covered_drop"] == 0.0
 
@@ -300,7 +301,7 @@ def test_a_collapsed_generator_is_flagged_by_coverage_and_by_the_curve(ring):
 def test_conditional_gan_samples_the_asked_mode(ring):
     """toy2d labels are mode indices: samples for label c should land nearest mode c (chance: 1/8)."""
     m = build(spec_of(ring), conditional=True, **TOY_ADAM)
-    r = train(m, ring, Budget(steps=800), batch_size=256, seed=0, device=CPU)
+    r = train(m, ring, TrainContext(Budget(steps=800), batch_size=256, seed=0))
     assert r.status == "ok"
     m.eval()
     y = torch.arange(8).repeat_interleave(100)  # (800,)
@@ -317,9 +318,9 @@ def test_conditional_gan_samples_the_asked_mode(ring):
 
 def test_nan_at_step_k_is_diverged_at_k(ring):
     m = build(spec_of(ring), **TOY_ADAM)
-    r = train(m, ring, Budget(steps=50), batch_size=64, seed=0, device=CPU, nan_at_step=7)
+    r = train(m, ring, TrainContext(Budget(steps=50), batch_size=64, seed=0, nan_at_step=7))
     assert r.status == "diverged" and r.diverged_at == 7 and len(r.log) == 7
-    v = {x.name: x.value for x in training_stability(r, "gan")}
+    v = {x.name: x.value for x in training_stability(r, adversarial=True)}
     assert v["diverged"] == 1.0 and v["diverged_at_step"] == 7.0
 
 

@@ -18,15 +18,16 @@ from bench.metrics.stability import (
     training_stability,
 )
 from bench.results import CellRecord, metric
-from bench.train import TrainResult
+from bench.train import Spent, TrainResult
 
 
-def _result(log: dict[str, list[float]], snapshots=None, status="ok", diverged_at=None, reason="") -> TrainResult:
+def _result(log: dict[str, list[float]], snapshots=None, status="ok", diverged_at=None, reason="",
+            watched: str | None = None) -> TrainResult:
+    """A training result; the watched loss is the first column unless named."""
     n = len(next(iter(log.values())))
     df = pd.DataFrame({"step": range(1, n + 1), "seconds": [0.01 * i for i in range(1, n + 1)], **log})
-    spent = {"seconds": 0.01 * n, "steps": n, "examples": n, "epochs": 1.0, "params": 1, "peak_memory_mb": 0.0,
-             "snapshot_seconds": 0.0}
-    return TrainResult(status, spent, df, snapshots or [], diverged_at, reason)
+    spent = Spent(seconds=0.01 * n, steps=n, examples=n, epochs=1.0, params=1, peak_memory_mb=0.0)
+    return TrainResult(status, spent, df, snapshots or [], diverged_at, reason, watched or next(iter(log)))
 
 
 def _values(metrics) -> dict[str, float | None]:
@@ -37,16 +38,23 @@ def test_loss_cv_is_computed_on_the_second_half_by_hand():
     # 8 steps: the first half (100s, a transient) must not count; second half = [1, 3, 1, 3]:
     # mean 2, population std 1 -> CV 0.5.
     r = _result({"loss": [100, 90, 80, 70, 1, 3, 1, 3]})
-    v = _values(training_stability(r, "vae"))
+    v = _values(training_stability(r, adversarial=False))
     assert v["loss_cv"] == pytest.approx(0.5, abs=1e-12)
     assert v["diverged"] == 0.0 and v["diverged_at_step"] is None
     assert "d_acc" not in v and "loss_g_cv" not in v  # not adversarial
 
 
+def test_loss_cv_reads_the_watched_loss_not_the_first_column():
+    # second half of neg_elbo = [1, 3]: CV 0.5; the first column (kl) is constant and would give 0
+    r = _result({"kl": [2.0, 2.0, 2.0, 2.0], "neg_elbo": [9.0, 9.0, 1.0, 3.0]}, watched="neg_elbo")
+    m = {x.name: x for x in training_stability(r, adversarial=False)}
+    assert m["loss_cv"].value == pytest.approx(0.5) and m["loss_cv"].params["loss"] == "neg_elbo"
+
+
 def test_odd_length_second_half_is_the_longer_half():
     # 5 steps: the last ceil(5/2) = 3 values [2, 4, 6]: mean 4, std sqrt(8/3) -> CV sqrt(8/3)/4.
     r = _result({"nll": [9.0, 9.0, 2.0, 4.0, 6.0]})
-    assert _values(training_stability(r, "naive_bayes"))["loss_cv"] == pytest.approx(math.sqrt(8 / 3) / 4)
+    assert _values(training_stability(r, adversarial=False))["loss_cv"] == pytest.approx(math.sqrt(8 / 3) / 4)
 
 
 def test_constant_loss_has_zero_cv_and_zero_mean_gives_none():
@@ -64,7 +72,7 @@ def test_gan_balance_metrics_by_hand():
         "d_acc_real": [0.0, 0.0, 1.0, 0.8],
         "d_acc_fake": [0.0, 0.0, 0.6, 0.2],
     })
-    v = _values(training_stability(r, "gan"))
+    v = _values(training_stability(r, adversarial=True))
     assert v["loss_cv"] == pytest.approx(0.2 / 1.2)  # watched = loss_d: std 0.2, mean 1.2
     assert v["loss_g_cv"] == pytest.approx(0.5)
     assert v["loss_d_mean"] == pytest.approx(1.2)
@@ -77,7 +85,7 @@ def test_gan_balance_metrics_by_hand():
 def test_diverged_run_reports_step_and_ignores_the_nan():
     # NaN injected at step 4: the trainer logged it and stopped. Second half = [2, nan] -> finite [2] -> CV 0.
     r = _result({"loss": [1.0, 1.0, 2.0, math.nan]}, status="diverged", diverged_at=4, reason="loss is nan")
-    v = _values(training_stability(r, "vae"))
+    v = _values(training_stability(r, adversarial=False))
     assert v["diverged"] == 1.0 and v["diverged_at_step"] == 4
     assert v["loss_cv"] == 0.0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.engine import Engine
 from bench.families.base import DataSpec
 from bench.families.vae import VAE, VAEOptions, discretized_logistic_logp
 
@@ -25,8 +26,9 @@ def test_discretized_logistic_sums_to_one():
 def test_iwae_bound_is_tighter_than_elbo_and_grows_with_k():
     m = _model()
     x01 = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    engine = Engine(m)
     for _ in range(30):  # a little training so the posterior is not the prior
-        m.training_step((x01 * 255).round() / 255, torch.zeros(32, dtype=torch.long))
+        engine.step((x01 * 255).round() / 255, torch.zeros(32, dtype=torch.long))
     m.eval()
     x = (x01 * 255).round().to(torch.uint8)
     means = {}
@@ -46,9 +48,10 @@ def test_training_reduces_negative_elbo_and_samples_are_images():
     m = _model()
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(64, 1, 8, 8, generator=g) > 0.5).float()
-    first = m.training_step(x, torch.zeros(64, dtype=torch.long))["neg_elbo"].item()
+    engine = Engine(m)
+    first = engine.step(x, torch.zeros(64, dtype=torch.long))["neg_elbo"].item()
     for _ in range(60):
-        last = m.training_step(x, torch.zeros(64, dtype=torch.long))["neg_elbo"].item()
+        last = engine.step(x, torch.zeros(64, dtype=torch.long))["neg_elbo"].item()
     assert last < first
     s = m.sample(10, torch.Generator().manual_seed(0))
     assert s.shape == (10, 1, 8, 8) and s.min() >= 0 and s.max() <= 1

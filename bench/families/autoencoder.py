@@ -50,7 +50,6 @@ class Autoencoder(GenerativeModel):
         else:
             self.encoder = mlp(spec.dim, z, options.hidden)
             self.decoder = mlp(z, spec.dim, options.hidden)
-        self.optimizers["adam"] = torch.optim.Adam(self.parameters(), lr=options.lr)
         # running code moments (the stand-in density before the mixture is fitted)
         self.register_buffer("code_mean", torch.zeros(z))
         self.register_buffer("code_cov", torch.eye(z))
@@ -64,21 +63,16 @@ class Autoencoder(GenerativeModel):
         out = self.decoder(z)
         return torch.sigmoid(out) if self.spec.kind == "image" else out  # images in [0, 1]
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encoder(x)
         rec = self._decode(z)
         rec_loss = F.mse_loss(rec, x, reduction="none").flatten(1).sum(1).mean()  # per example
         code_pen = 0.5 * self.options.beta * z.square().sum(1).mean()
-        loss = rec_loss + code_pen
-        opt = self.optimizers["adam"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():  # exponential moving moments of the codes, for sampling before the fit
-            zd = z.detach()
+        with torch.no_grad():  # running moments of the codes (like BatchNorm's running stats), sampled before the fit
+            zd = z.detach().float()
             self.code_mean.lerp_(zd.mean(0), 0.05)
             self.code_cov.lerp_(torch.cov(zd.T) + 1e-4 * torch.eye(zd.shape[1], device=zd.device), 0.05)
-        return {"loss": loss.detach(), "rec": rec_loss.detach()}
+        return {"loss": rec_loss + code_pen, "rec": rec_loss}
 
     def on_train_end(self, batches: Iterator[torch.Tensor]) -> None:
         """Fit the ex-post Gaussian mixture to the training codes (scikit-learn's EM, seeded)."""

@@ -1,32 +1,101 @@
-"""The family interface every generative model implements (DESIGN.md, "The family interface").
+"""The family interface: what a generative family writes, and what the harness does for it.
 
-A family is one ``nn.Module`` subclass in one file. It owns its network, its loss,
-its optimizers and its sampler; the harness (``bench.train``) owns the loop, the
-budget, timing, logging, checkpoints and the NaN guard.
+This docstring is the one place the interface is documented (DESIGN.md, "The family interface";
+``docs/design.md`` for where it departs from the shared page). A family is one ``GenerativeModel``
+subclass in one file: its network, its loss and its sampler. The harness owns the rest: the
+budgeted loop (``bench.train``: data order, timing, divergence guard, snapshots) and the
+optimisation step (``bench.engine.Engine``: backward, gradient clipping, learning-rate warm-up and
+schedule, EMA, mixed precision, ``torch.compile``).
+
+What a family states (class attributes)::
+
+    family          = "my_model"       # registry name (``register_family`` checks it)
+    Options         = MyOptions        # pydantic FamilyOptions: the suite's ``options:``, unknown keys are errors
+    likelihood_kind = "exact"          # what log_likelihood gives: exact | lower_bound | estimate | none
+    watched_loss    = "loss"           # key of loss()'s dict that is minimised and that the divergence guard watches
+    adversarial     = False            # True: training_step is overridden with alternating updates (GANs);
+                                       # stability then reports the D/G balance metrics
+    train_defaults  = TrainSettings()  # this family's defaults for the engine (grad_clip, ema, warmup_steps, ...);
+                                       # the suite's ``train:`` (top level, then per model) overrides them
+    conditional_capable = False        # sample() honours class labels y
+
+What a family writes (methods)::
+
+    loss(x, y) -> dict[str, Tensor]            # the watched loss (with grad) + any extra scalars to log
+    sample(n, generator, y=None) -> Tensor     # images in [0, 1] (n, C, H, W), or points (n, D)
+    log_likelihood(x_uint8, generator) -> list[Likelihood]   # [] for families without one
+
+and, when the defaults do not fit::
+
+    configure_optimizers() -> dict[str, Optimizer]  # default: {"adam": Adam(trainable_parameters(), options.lr)}
+    ema_modules() -> dict[str, nn.Module]   # default {}: modules the engine keeps an EMA copy of; evaluation
+                                            # reads the copies through averaged(name)
+    compile_modules() -> dict[str, nn.Module]   # what ``compile: true`` compiles; default: the direct submodules
+    training_step(x, y, engine) -> dict         # default: engine.minimise(loss()[watched_loss]) under
+                                                # engine.autocast(); adversarial families override it and call
+                                                # the same helpers once per player
+    nfe_per_sample (property), on_train_end(batches), num_parameters()
+
+What the engine gives an overriding ``training_step`` (``bench/families/gan.py`` is the example):
+``engine.autocast()`` (the forward pass's precision context), ``engine.minimise(loss, *names)``
+(zero_grad, backward, clip, step of the named optimisers; all when none is named),
+``engine.watched(losses)``, and ``engine.scale(t)`` / ``engine.loss_scale`` for gradients taken
+inside a loss under fp16. One harness step is ``engine.step(x, y)``: ``training_step``, then the
+EMA update and one step of the learning-rate schedule; ``Engine(model).step(x, y)`` trains a family
+by hand (tests, notebooks) with its ``train_defaults``.
+
+A minimal family (register it, and import its module in ``bench/families/__init__.py``)::
+
+    class MyOptions(FamilyOptions):
+        lr: float = Field(1e-3, gt=0)  # the default optimiser reads options.lr
+
+    class MyModel(GenerativeModel):
+        '''One line that `bench list` shows.'''
+        family, Options, likelihood_kind = "my_model", MyOptions, "none"
+
+        def __init__(self, spec: DataSpec, options: MyOptions):
+            super().__init__(spec, options)
+            self.net = nets.mlp(spec.dim, spec.dim)
+
+        def loss(self, x, y):
+            return {"loss": (self.net(x) - x).square().mean()}
+
+        @torch.no_grad()
+        def sample(self, n, generator, y=None):
+            return self.net(torch.randn(n, self.spec.dim, generator=generator))
+
+    register_family("my_model", MyModel)
 
 Data conventions (the same for every family):
 
-* images arrive in ``training_step`` as float32 in ``[0, 1]`` equal to ``uint8 / 255``
-  (so ``x * 255`` recovers the exact 8-bit value); a family rescales or dequantizes
-  as it needs;
+* images arrive in ``loss`` / ``training_step`` as float32 in ``[0, 1]`` equal to ``uint8 / 255``
+  (so ``x * 255`` recovers the exact 8-bit value); a family rescales or dequantizes as it needs;
 * 2-D toy data (``spec.kind == "points"``) arrive as float32 ``(B, D)`` as they are;
-* ``sample`` returns images in ``[0, 1]`` (the harness quantizes with
-  ``round(x * 255)``) or points in data units;
+* every random draw in training goes through ``self.gen`` (seeded per cell by the harness);
+* ``sample`` returns images in ``[0, 1]`` (the harness quantizes with ``round(x * 255)``) or
+  points in data units;
 * ``log_likelihood`` takes uint8 images (points: float) and returns per-example
   log-likelihoods in nats on the common protocol: 8-bit data, continuous models with
   uniform dequantization, i.e. the log-probability of the 8-bit value. A bits/dim figure
-  is ``-log_prob / (D * ln 2)``.
+  is ``-log_prob / (D * ln 2)``;
+* evaluation (``sample``, ``log_likelihood``, snapshots) runs in fp32, outside the engine's
+  autocast, whatever the training precision.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from bench.engine import TrainSettings
 from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.engine import Engine
 
 LikelihoodKind = Literal["exact", "lower_bound", "estimate", "none"]
 
@@ -65,24 +134,26 @@ class Likelihood:
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every family. Subclasses set ``family``, ``Options`` and implement the four methods."""
+    """Base class of every family; the module docstring is the interface's documentation."""
 
     family: ClassVar[str] = ""
     Options: ClassVar[type[FamilyOptions]] = FamilyOptions
     likelihood_kind: ClassVar[LikelihoodKind] = "none"  # what log_likelihood gives
     conditional_capable: ClassVar[bool] = False
+    watched_loss: ClassVar[str] = "loss"  # key of loss()'s dict that is minimised and watched for divergence
+    adversarial: ClassVar[bool] = False  # alternating updates in an overridden training_step (GANs)
+    train_defaults: ClassVar[TrainSettings] = TrainSettings()  # engine defaults; the suite's train: overrides
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()
         self.spec = spec
         self.options = options
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._gen: torch.Generator | None = None
         self._gen_seed = 0
 
     # ------------------------------------------------------------------ randomness
     def seed_training(self, seed: int) -> None:
-        """Seed the generator used for every random draw inside ``training_step``."""
+        """Seed the generator used for every random draw inside ``loss`` / ``training_step``."""
         self._gen_seed = seed
         self._gen = None
 
@@ -103,15 +174,69 @@ class GenerativeModel(nn.Module):
             return b.device
         return torch.device("cpu")
 
-    # ------------------------------------------------------------------ contract
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step on a batch (backward and optimizer steps included).
+    # ------------------------------------------------------------------ training (the engine calls these)
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scalar losses of a batch: ``watched_loss`` (with grad; the engine minimises it) and extras to log."""
+        raise NotImplementedError(f"family {self.family!r} implements neither loss() nor training_step()")
 
-        Returns detached scalar losses for logging; the first key is the one the
-        divergence guard watches. GANs do their D and G steps here.
-        """
-        raise NotImplementedError
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers, by name (``engine.minimise(loss, name)`` picks one). Default: one Adam over the
+        trainable parameters at ``options.lr``; none when there is nothing to train."""
+        params = list(self.trainable_parameters())
+        if not params:
+            return {}
+        lr = getattr(self.options, "lr", None)
+        if lr is None:
+            raise TypeError(f"family {self.family!r}: the default configure_optimizers reads options.lr; "
+                            "give the Options an lr field or override configure_optimizers")
+        return {"adam": torch.optim.Adam(params, lr=lr)}
 
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, engine: Engine) -> dict[str, torch.Tensor]:
+        """One update on a batch: ``loss`` under the engine's autocast, then one step of every optimiser on
+        ``watched_loss``. Adversarial families override this with their alternating updates, using the
+        same ``engine.autocast()`` and ``engine.minimise(loss, name)``."""
+        with engine.autocast():
+            losses = self.loss(x, y)
+        engine.minimise(engine.watched(losses))
+        return losses
+
+    def ema_modules(self) -> dict[str, nn.Module]:
+        """Modules the engine keeps an exponential moving average of (``train.ema``), by name; sampling and
+        likelihood read the averages through ``averaged(name)``. Default: none."""
+        return {}
+
+    def compile_modules(self) -> dict[str, nn.Module]:
+        """Modules ``train.compile`` compiles: by default every direct submodule but the EMA copies."""
+        return {n: m for n, m in self.named_children() if n != "ema"}
+
+    # ------------------------------------------------------------------ EMA copies
+    @property
+    def has_ema(self) -> bool:
+        return "ema" in self._modules
+
+    def init_ema(self) -> None:
+        """Create the EMA copies of ``ema_modules()`` (equal to the live weights) and their step counter, once."""
+        if self.has_ema:
+            return
+        self.ema = nn.ModuleDict({k: copy.deepcopy(m).requires_grad_(False) for k, m in self.ema_modules().items()})
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long, device=self.device))
+
+    def averaged(self, name: str) -> nn.Module:
+        """The EMA copy of ``ema_modules()[name]``, for sampling and likelihoods (created on first use)."""
+        self.init_ema()
+        return self.ema[name]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``; a checkpoint with EMA copies creates them first."""
+        if any(k.startswith("ema.") for k in state_dict):
+            self.init_ema()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter but the EMA copies'."""
+        return (p for n, p in self.named_parameters() if not n.startswith("ema."))
+
+    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` samples: images in [0, 1] ``(n, C, H, W)`` or points ``(n, D)``."""
@@ -140,7 +265,8 @@ class GenerativeModel(nn.Module):
         return torch.multinomial(p, n, replacement=True, generator=generator)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters of the model (an EMA copy is the same network, not counted twice)."""
+        return sum(p.numel() for p in self.trainable_parameters())
 
 
 @dataclass(frozen=True)
@@ -158,6 +284,10 @@ def register_family(name: str, cls: type[GenerativeModel]) -> type[GenerativeMod
         raise ValueError(f"family {name!r}: {cls!r} is not a GenerativeModel subclass")
     if cls.family != name:
         raise ValueError(f"family {name!r}: class declares family={cls.family!r}")
+    if not (isinstance(cls.watched_loss, str) and cls.watched_loss):
+        raise ValueError(f"family {name!r}: watched_loss must name a key of loss()'s dict, got {cls.watched_loss!r}")
+    if not isinstance(cls.adversarial, bool) or not isinstance(cls.train_defaults, TrainSettings):
+        raise ValueError(f"family {name!r}: adversarial must be a bool and train_defaults a TrainSettings")
     doc = (cls.__doc__ or "").strip().splitlines()
     FAMILIES.register(name, FamilyEntry(cls, doc[0] if doc else ""))
     return cls

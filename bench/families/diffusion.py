@@ -41,7 +41,6 @@ an exact value. Cost: ``vlb_t_samples + 1`` network evaluations per test image.
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -51,7 +50,8 @@ from pydantic import Field, model_validator
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.naive_bayes import log_diff_ndtr
-from bench.families.nets import ema_step_, time_conditioned_net
+from bench.engine import TrainSettings
+from bench.families.nets import time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) int64 in 1..T) -> eps
@@ -73,7 +73,6 @@ class DiffusionOptions(FamilyOptions):
     lr: float = Field(3e-3, gt=0)  # Adam learning rate (high: budgets here are about a thousand steps)
     loss_weighting: Literal["simple", "min_snr"] | None = None  # L_simple (Ho eq. 14) or Min-SNR-5 (Hang et al.
     # 2023); None: min_snr on images (faster to clean digits), simple on points (sharper thin modes)
-    ema_decay: float = Field(0.995, ge=0, lt=1)  # EMA of the weights used for sampling and likelihood; 0 = off
 
     @model_validator(mode="after")
     def _steps_fit(self) -> DiffusionOptions:
@@ -207,25 +206,19 @@ class Diffusion(GenerativeModel):
     family = "diffusion"
     Options = DiffusionOptions
     likelihood_kind = "lower_bound"
+    train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the denoiser (Ho et al. 2020, sec. 4)
 
     def __init__(self, spec: DataSpec, options: DiffusionOptions):
         super().__init__(spec, options)
         o = options
         self.net = time_conditioned_net(spec, "diffusion", o.width, o.mults, o.patch, o.hidden)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)  # weights used at evaluation
         betas = make_betas(o.schedule, o.timesteps)  # (T,)
         # index 0 is "t = 0": beta_0 = 0, abar_0 = 1, so tensors below are indexed by t directly
         self.register_buffer("betas", torch.cat([torch.zeros(1, dtype=torch.float64), betas]), persistent=False)
         self.register_buffer("abar", torch.cumprod(1 - self.betas, 0), persistent=False)  # (T + 1,)
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.loss_weighting = o.loss_weighting or ("min_snr" if spec.kind == "image" else "simple")
-        self.optimizers["adam"] = torch.optim.Adam(self.net.parameters(), lr=o.lr)
 
     # ------------------------------------------------------------------ pieces
-    def num_parameters(self) -> int:
-        """The denoiser's parameters (the EMA copy is the same network, not counted twice)."""
-        return sum(p.numel() for p in self.net.parameters())
-
     def _to_model_scale(self, x01: torch.Tensor) -> torch.Tensor:
         return x01 * 2 - 1 if self.spec.kind == "image" else x01
 
@@ -238,7 +231,10 @@ class Diffusion(GenerativeModel):
         return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
     # ------------------------------------------------------------------ interface
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def ema_modules(self) -> dict[str, torch.nn.Module]:
+        return {"net": self.net}  # sampling and the VLB use the EMA of the denoiser (train.ema)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x0 = self._to_model_scale(x)
         b = x0.shape[0]
         t = torch.randint(1, self.options.timesteps + 1, (b,), generator=self.gen, device=x0.device)  # (B,)
@@ -249,23 +245,14 @@ class Diffusion(GenerativeModel):
         if self.loss_weighting == "min_snr":  # Min-SNR-5 for eps-prediction (Hang et al. 2023): min(SNR, 5) / SNR
             snr = self.abar[t] / (1 - self.abar[t])
             err = err * (snr.clamp(max=5.0) / snr).to(err.dtype)
-        loss = err.mean()  # L_simple, eq. 14 (optionally re-weighted per t)
-        opt = self.optimizers["adam"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        self._update_ema()
-        return {"loss": loss.detach()}
-
-    def _update_ema(self) -> None:
-        ema_step_(self.ema, self.net, self.ema_steps, self.options.ema_decay)
+        return {"loss": err.mean()}  # L_simple, eq. 14 (optionally re-weighted per t)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
         o = self.options
         shape = (n, *self.spec.shape)
         clip = o.clip_x0 and self.spec.kind == "image"
-        eps_fn = self._eps(self.ema)
+        eps_fn = self._eps(self.averaged("net"))
         if o.sampler == "ddim":
             x = sample_ddim(eps_fn, self.abar, shape, o.sample_steps, o.eta, generator, clip, self.device)
         else:
@@ -293,7 +280,7 @@ class Diffusion(GenerativeModel):
         The middle column is the stratified estimate of the sum over t = 2..T (see the module docstring).
         """
         T = self.options.timesteps
-        eps_fn = self._eps(self.ema)
+        eps_fn = self._eps(self.averaged("net"))
         b = x0.shape[0]
         dev = x0.device
         abar, betas = self.abar, self.betas

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.engine import TrainSettings
 from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 
@@ -55,8 +56,6 @@ class FlowOptions(FamilyOptions):
     point_steps: int = Field(10, ge=1)  # points: flow steps on R^2
     alpha: float = Field(0.05, gt=0, lt=0.5)  # logit preprocessing: logit(alpha + (1 - 2 alpha) y), RealNVP Sec. 4.1
     lr: float | None = Field(None, gt=0)  # Adam learning rate; None: 3e-3 on images (short CPU budgets), 1e-3 on points
-    warmup_steps: int = Field(10, ge=0)  # linear learning-rate warm-up (Glow's training recipe); 0 = none
-    grad_clip: float | None = Field(100.0, gt=0)  # clip the gradient's global norm; None = no clipping
     scale: Literal["tanh", "sigmoid"] = "tanh"  # coupling log-scale: 2 tanh(h/2) (RealNVP) or log sigmoid(h+2) (Glow)
     temperature: float = Field(1.0, gt=0)  # sampling: z ~ N(0, T^2 I); 1 = the model's own distribution (Glow)
 
@@ -246,6 +245,9 @@ class Flow(GenerativeModel):
     family = "flow"
     Options = FlowOptions
     likelihood_kind = "exact"
+    watched_loss = "nll"
+    # Glow's recipe: a short linear learning-rate warm-up, and a loose clip on the gradient's global norm
+    train_defaults = TrainSettings(grad_clip=100.0, warmup_steps=10)
 
     def __init__(self, spec: DataSpec, options: FlowOptions):
         super().__init__(spec, options)
@@ -267,8 +269,6 @@ class Flow(GenerativeModel):
         else:
             self.levels.append(nn.ModuleList([FlowStep(spec.dim, o.hidden, None, tanh) for _ in range(o.point_steps)]))
         self.lr = o.lr if o.lr is not None else (3e-3 if spec.kind == "image" else 1e-3)
-        self.optimizers["adam"] = torch.optim.Adam(self.parameters(), lr=self.lr)
-        self._steps_done = 0
 
     # ------------------------------------------------------------------ the bijection
     def _preprocess(self, v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +333,10 @@ class Flow(GenerativeModel):
         return sum(std_normal_logp(z) for z in zs) + logdet + ld_pre
 
     # ------------------------------------------------------------------ interface
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": torch.optim.Adam(self.trainable_parameters(), lr=self.lr)}  # lr resolved per data kind
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.spec.kind == "image":
             v = (x * 255).round()  # back to the 8-bit values
             u = torch.rand(v.shape, generator=self.gen, device=v.device)  # uniform dequantization
@@ -341,19 +344,9 @@ class Flow(GenerativeModel):
         else:
             logp = self.log_prob(x)
         nll = -logp.mean()  # nats per example
-        opt = self.optimizers["adam"]
-        self._steps_done += 1
-        if self.options.warmup_steps:
-            for group in opt.param_groups:
-                group["lr"] = self.lr * min(1.0, self._steps_done / self.options.warmup_steps)
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        if self.options.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.options.grad_clip)
-        opt.step()
-        d = self.spec.dim
-        key = "nll_bpd" if self.spec.kind == "image" else "nll_nats"
-        return {key: (nll / (d * math.log(2)) if self.spec.kind == "image" else nll).detach()}
+        if self.spec.kind != "image":
+            return {"nll": nll}
+        return {"nll": nll, "nll_bpd": nll.detach() / (self.spec.dim * math.log(2))}
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:

@@ -32,7 +32,6 @@ test image: ``likelihood_steps x NFE per step`` forward passes, each with one ba
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -42,7 +41,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
-from bench.families.nets import ema_step_, time_conditioned_net
+from bench.engine import TrainSettings
+from bench.families.nets import time_conditioned_net
 
 LOG_2PI = math.log(2 * math.pi)
 Solver = Literal["euler", "heun", "midpoint"]
@@ -63,7 +63,6 @@ class FlowMatchingOptions(FamilyOptions):
     lr: float = Field(3e-3, gt=0)  # Adam learning rate (high: budgets here are about a thousand steps)
     time_sampling: Literal["uniform", "logit_normal"] | None = None  # training t: U[0, 1] or logit-normal (Esser et
     # al. 2024); None: logit_normal on images (faster to clean digits), uniform on points (sharper thin modes)
-    ema_decay: float = Field(0.995, ge=0, lt=1)  # EMA of the weights used for sampling and likelihood; 0 = off
 
 
 # ---------------------------------------------------------------------- ODE solvers
@@ -151,19 +150,13 @@ class FlowMatching(GenerativeModel):
     family = "flow_matching"
     Options = FlowMatchingOptions
     likelihood_kind = "estimate"
+    train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the velocity net
 
     def __init__(self, spec: DataSpec, options: FlowMatchingOptions):
         super().__init__(spec, options)
         o = options
         self.net = time_conditioned_net(spec, "flow_matching", o.width, o.mults, o.patch, o.hidden)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)  # weights used at evaluation
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.time_sampling = o.time_sampling or ("logit_normal" if spec.kind == "image" else "uniform")
-        self.optimizers["adam"] = torch.optim.Adam(self.net.parameters(), lr=o.lr)
-
-    def num_parameters(self) -> int:
-        """The velocity network's parameters (the EMA copy is the same network, not counted twice)."""
-        return sum(p.numel() for p in self.net.parameters())
 
     def _dequantize(self, v: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """8-bit values (float, 0..255) -> uniformly dequantized model scale (v + u) / 128 - 1 in [-1, 1)."""
@@ -171,7 +164,10 @@ class FlowMatching(GenerativeModel):
         return (v + u) / 128 - 1
 
     # ------------------------------------------------------------------ interface
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def ema_modules(self) -> dict[str, torch.nn.Module]:
+        return {"net": self.net}  # sampling and the likelihood use the EMA of the velocity net (train.ema)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x1 = self._dequantize((x * 255).round(), self.gen) if self.spec.kind == "image" else x
         b = x1.shape[0]
         x0 = torch.randn(x1.shape, generator=self.gen, device=x1.device)  # noise
@@ -181,21 +177,12 @@ class FlowMatching(GenerativeModel):
             t = torch.sigmoid(torch.randn(b, generator=self.gen, device=x1.device))
         tb = t.view(-1, *([1] * (x1.dim() - 1)))
         xt = (1 - tb) * x0 + tb * x1  # linear path (Lipman et al. eq. 22, sigma_min = 0)
-        loss = F.mse_loss(self.net(xt, t), x1 - x0)  # CFM loss with target velocity x1 - x0 (eq. 23)
-        opt = self.optimizers["adam"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        self._update_ema()
-        return {"loss": loss.detach()}
-
-    def _update_ema(self) -> None:
-        ema_step_(self.ema, self.net, self.ema_steps, self.options.ema_decay)
+        return {"loss": F.mse_loss(self.net(xt, t), x1 - x0)}  # CFM loss with target velocity x1 - x0 (eq. 23)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
         o = self.options
-        x = sample_ode(self.ema, (n, *self.spec.shape), o.sample_steps, o.solver, generator, self.device)
+        x = sample_ode(self.averaged("net"), (n, *self.spec.shape), o.sample_steps, o.solver, generator, self.device)
         if self.spec.kind != "image":
             return x
         v = torch.floor((x + 1) * 128).clamp(0, 255)  # the dequantization bin each sample lands in
@@ -216,7 +203,7 @@ class FlowMatching(GenerativeModel):
         if image:  # Rademacher probes, one set per image, fixed along the trajectory (FFJORD sec. 3.1)
             r = torch.randint(0, 2, (o.probes, *x1.shape), generator=generator, device=generator.device)
             probes = (2.0 * r - 1).to(x1.device)
-        logp = ode_log_likelihood(self.ema, x1, o.likelihood_steps, o.solver, probes)
+        logp = ode_log_likelihood(self.averaged("net"), x1, o.likelihood_steps, o.solver, probes)
         if image:
             logp = logp - self.spec.dim * math.log(128)  # [-1, 1) scale and 256 bins -> log P(8-bit value)
         params = {"solver": o.solver, "ode_steps": o.likelihood_steps,

@@ -29,7 +29,7 @@ step share the real batch and draw fresh noise each time (the trainer hands one 
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,10 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, register_family
-from bench.families.nets import downsample_plan, mlp
+from bench.families.nets import ConvDecoder, ConvEncoder, mlp
+
+if TYPE_CHECKING:
+    from bench.engine import Engine
 
 Loss = Literal["minimax", "nonsaturating", "wgan", "wgan_gp", "hinge"]
 
@@ -113,70 +116,25 @@ def minibatch_std(h: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, extra], dim=1)
 
 
-def dcgan_discriminator_body(shape: tuple[int, ...], width: int, extra_in: int) -> tuple[nn.Sequential, int, int]:
-    """DCGAN D (Radford 2016; the MNIST layout of Chen et al. 2016, InfoGAN, App. C): stride-2 4x4 convs
-    straight from the image, channels ``width * 2**i`` at the i-th halving, LeakyReLU(0.2), no pooling.
-
-    28x28: (C, 28, 28) -> (w, 14, 14) -> (2w, 7, 7); 8x8: (C, 8, 8) -> (w, 4, 4). Returns the body,
-    its output channels and side. No normalisation (the gradient penalty is per example, Gulrajani Sec. 4).
-    """
-    c, h, _ = shape
-    layers: list[nn.Module] = []
-    ch_in = c + extra_in
-    sizes = downsample_plan(h)
-    for i, _ in enumerate(sizes):
-        ch = width * 2**i
-        layers += [nn.Conv2d(ch_in, ch, 4, 2, 1), LeakyReLU02()]
-        ch_in = ch
-    return nn.Sequential(*layers), ch_in, sizes[-1] if sizes else h
-
-
-class DCGANGenerator(nn.Module):
-    """DCGAN G (Radford 2016; InfoGAN's MNIST G): project z to the coarsest map, then stride-2 4x4
-    transposed convs halving channels, batch norm + ReLU between, the last one emitting the image.
-
-    28x28: z -> (2w, 7, 7) -> (w, 14, 14) -> (C, 28, 28); 8x8: z -> (w, 4, 4) -> (C, 8, 8).
-    """
-
-    def __init__(self, in_dim: int, shape: tuple[int, ...], width: int):
-        super().__init__()
-        c, h, _ = shape
-        sizes = downsample_plan(h)  # [14, 7] for 28
-        ch = width * 2 ** max(len(sizes) - 1, 0)
-        self.base = (ch, sizes[-1] if sizes else h)
-        self.fc = nn.Linear(in_dim, ch * self.base[1] ** 2)
-        layers: list[nn.Module] = [nn.BatchNorm2d(ch), nn.ReLU()]
-        for i in range(len(sizes)):
-            last = i == len(sizes) - 1
-            out = c if last else ch // 2
-            layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1))
-            if not last:
-                layers += [nn.BatchNorm2d(out), nn.ReLU()]
-            ch = out
-        if not sizes:  # odd side: no upsampling, one conv to the image channels
-            layers.append(nn.Conv2d(ch, c, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        ch, s = self.base
-        return self.net(self.fc(h).view(-1, ch, s, s))  # (B, C, H, W) pre-tanh
-
-
 class Discriminator(nn.Module):
-    """Features -> [minibatch std] -> linear score; label as extra one-hot input when conditional."""
+    """Features -> [minibatch std] -> linear score; label as extra one-hot input when conditional.
+
+    Images: DCGAN D (Radford 2016; the MNIST layout of InfoGAN, App. C), i.e. the shared ``ConvEncoder``
+    with LeakyReLU(0.2) and no normalisation (the gradient penalty is per example, Gulrajani Sec. 4):
+    (C, 28, 28) -> (w, 14, 14) -> (2w, 7, 7) -> score.
+    """
 
     def __init__(self, spec: DataSpec, width: int, n_cond: int, mbstd: bool):
         super().__init__()
         self.kind, self.n_cond, self.mbstd = spec.kind, n_cond, mbstd
         extra = 1 if mbstd else 0
         if spec.kind == "image":
-            self.body, c, s = dcgan_discriminator_body(spec.shape, width, n_cond)  # (B, c, s, s)
-            head_in = (c + extra) * s * s
+            enc = ConvEncoder(spec.shape, 1, width, act=LeakyReLU02, extra_in_channels=n_cond, extra_feature_maps=extra)
+            self.body, self.head = enc.features, enc.head  # (B, c, s, s) features; head over (c + extra) maps
         else:
             hidden = mlp(spec.dim + n_cond, width, hidden=width, depth=3, act=LeakyReLU02)  # (B, width)
             self.body = nn.Sequential(hidden, LeakyReLU02())
-            head_in = width + extra
-        self.head = nn.Linear(head_in, 1)
+            self.head = nn.Linear(width + extra, 1)
 
     def forward(self, x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
         if onehot is not None:
@@ -190,13 +148,17 @@ class Discriminator(nn.Module):
 
 
 class Generator(nn.Module):
-    """(z, one-hot label) -> sample: DCGAN G with tanh for images, MLP for points."""
+    """(z, one-hot label) -> sample: DCGAN G with tanh for images, MLP for points.
+
+    Images: DCGAN G (Radford 2016; InfoGAN's MNIST G), i.e. the shared ``ConvDecoder`` with batch norm and
+    ReLU: z -> (2w, 7, 7) -> (w, 14, 14) -> (C, 28, 28), stride-2 4x4 transposed convolutions.
+    """
 
     def __init__(self, spec: DataSpec, z_dim: int, width: int, n_cond: int):
         super().__init__()
         self.kind = spec.kind
         if spec.kind == "image":
-            self.net = DCGANGenerator(z_dim + n_cond, spec.shape, width)
+            self.net = ConvDecoder(z_dim + n_cond, spec.shape, width=width, norm="batch", act=nn.ReLU)
         else:
             self.net = mlp(z_dim + n_cond, spec.dim, hidden=width, depth=4, act=nn.ReLU)
 
@@ -213,6 +175,8 @@ class GAN(GenerativeModel):
     Options = GANOptions
     likelihood_kind = "none"
     conditional_capable = True
+    watched_loss = "loss_d"  # D's loss: it blows up first when the game diverges
+    adversarial = True
 
     def __init__(self, spec: DataSpec, options: GANOptions):
         width = options.width or (32 if spec.kind == "image" else 128)
@@ -226,16 +190,15 @@ class GAN(GenerativeModel):
             for m in self.D.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     nn.utils.parametrizations.spectral_norm(m)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One optimiser per player (the loss's paper defaults, ``GANOptions._resolve``)."""
+        o = self.options
         if o.optimizer == "adam":
-            self.optimizers = {
-                "g": torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=o.betas),
-                "d": torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=o.betas),
-            }
-        else:
-            self.optimizers = {
-                "g": torch.optim.RMSprop(self.G.parameters(), lr=o.lr_g),
-                "d": torch.optim.RMSprop(self.D.parameters(), lr=o.lr_d),
-            }
+            return {"g": torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=o.betas),
+                    "d": torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=o.betas)}
+        return {"g": torch.optim.RMSprop(self.G.parameters(), lr=o.lr_g),
+                "d": torch.optim.RMSprop(self.D.parameters(), lr=o.lr_d)}
 
     # ------------------------------------------------------------------ helpers
     def _onehot(self, y: torch.Tensor | None) -> torch.Tensor | None:
@@ -263,11 +226,19 @@ class GAN(GenerativeModel):
             return F.softplus(-s_fake).mean()  # -log sigmoid(s_f)
         return -s_fake.mean()  # wgan, wgan_gp, hinge (Miyato 2018, Eq. 17)
 
-    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
-        """Gulrajani 2017, Eq. 3: E[(||grad_xhat D(xhat)||_2 - 1)^2] on random interpolates xhat."""
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, onehot: torch.Tensor | None,
+                          engine: Engine | None = None) -> torch.Tensor:
+        """Gulrajani 2017, Eq. 3: E[(||grad_xhat D(xhat)||_2 - 1)^2] on random interpolates xhat.
+
+        Under fp16 the inner gradient is taken of the scaled score and unscaled (PyTorch AMP examples,
+        "Gradient penalty"); otherwise this is the plain formula."""
         eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=self.gen, device=real.device)
         xhat = (eps * real + (1 - eps) * fake).requires_grad_(True)  # (B, ...)
-        (grad,) = torch.autograd.grad(self.D(xhat, onehot).sum(), xhat, create_graph=True)
+        score = self.D(xhat, onehot).sum()
+        scaled = engine is not None and engine.scaler is not None
+        (grad,) = torch.autograd.grad(engine.scale(score) if scaled else score, xhat, create_graph=True)
+        if scaled:
+            grad = grad / engine.loss_scale
         return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
     def _accuracy(self, s_real: torch.Tensor, s_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,37 +252,36 @@ class GAN(GenerativeModel):
         return (s_real > t).float().mean(), (s_fake < t).float().mean()
 
     # ------------------------------------------------------------------ the contract
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, engine: Engine) -> dict[str, torch.Tensor]:
+        """``d_steps`` D updates, then one G update (Goodfellow 2014, Algorithm 1; Arjovsky 2017, Algorithm 1),
+        each through the engine's autocast and ``minimise`` for that player's optimiser."""
         o = self.options
         real = x * 2 - 1 if self.spec.kind == "image" else x  # images to [-1, 1], G's tanh range
         onehot = self._onehot(y)  # fakes get the batch's labels, so both sides see the same classes
         b = real.shape[0]
         self.D.requires_grad_(True)
         for _ in range(o.d_steps):
-            with torch.no_grad():
-                fake = self.G(self._noise(b, self.gen), onehot)
-            s_real, s_fake = self.D(real, onehot), self.D(fake, onehot)  # (B,), (B,)
-            loss_d = self._d_loss(s_real, s_fake)
-            if o.loss == "wgan_gp":
-                gp = self._gradient_penalty(real, fake, onehot)
-                loss_d = loss_d + o.gp_weight * gp
-            self.optimizers["d"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.optimizers["d"].step()
+            with engine.autocast():
+                with torch.no_grad():
+                    fake = self.G(self._noise(b, self.gen), onehot)
+                s_real, s_fake = self.D(real, onehot), self.D(fake, onehot)  # (B,), (B,)
+                loss_d = self._d_loss(s_real, s_fake)
+                if o.loss == "wgan_gp":
+                    gp = self._gradient_penalty(real, fake, onehot, engine)
+                    loss_d = loss_d + o.gp_weight * gp
+            engine.minimise(loss_d, "d")
             if o.loss == "wgan":  # Arjovsky 2017, Algorithm 1, line 7
                 with torch.no_grad():
                     for p in self.D.parameters():
                         p.clamp_(-o.clip, o.clip)
         self.D.requires_grad_(False)  # G step: gradients flow through D to G only
-        s_gen = self.D(self.G(self._noise(b, self.gen), onehot), onehot)
-        loss_g = self._g_loss(s_gen)
-        self.optimizers["g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["g"].step()
+        with engine.autocast():
+            loss_g = self._g_loss(self.D(self.G(self._noise(b, self.gen), onehot), onehot))
+        engine.minimise(loss_g, "g")
         self.D.requires_grad_(True)
         acc_real, acc_fake = self._accuracy(s_real.detach(), s_fake.detach())
         out = {
-            "loss_d": loss_d.detach(),  # watched by the divergence guard
+            "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "d_acc_real": acc_real,
             "d_acc_fake": acc_fake,

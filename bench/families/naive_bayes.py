@@ -2,7 +2,8 @@
 
 The simplest baseline with an *exact* likelihood: ``p(x) = sum_c pi_c prod_d p(x_d | c)``.
 Fitting is counting, so ``training_step`` only accumulates sufficient statistics
-(one epoch sees everything a closed-form fit would).
+(one epoch sees everything a closed-form fit would); there is no gradient step, so it is the
+one non-adversarial family that overrides ``training_step`` (the engine's settings do not apply).
 
 Pixel models on 8-bit images (both are proper distributions over {0..255}, so the
 log-likelihood is the common protocol's without any dequantization):
@@ -17,12 +18,15 @@ continuous density, exact).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
+
+if TYPE_CHECKING:
+    from bench.engine import Engine
 
 
 class NaiveBayesOptions(FamilyOptions):
@@ -48,6 +52,7 @@ class NaiveBayes(GenerativeModel):
     Options = NaiveBayesOptions
     likelihood_kind = "exact"
     conditional_capable = True
+    watched_loss = "nll"
 
     def __init__(self, spec: DataSpec, options: NaiveBayesOptions):
         super().__init__(spec, options)
@@ -67,7 +72,8 @@ class NaiveBayes(GenerativeModel):
         x = x.flatten(1).double()
         return (x * 255).round() if self.spec.kind == "image" else x
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, engine: Engine | None = None) -> dict[str, torch.Tensor]:
+        """Add the batch to the counts (no optimiser, so the engine is not used); log the NLL of the batch."""
         v = self._values(x)  # (B, D)
         k = self.spec.num_classes
         onehot = torch.nn.functional.one_hot(y, k).double()  # (B, K)
@@ -80,8 +86,7 @@ class NaiveBayes(GenerativeModel):
         else:
             self.s1 += onehot.T @ v
             self.s2 += onehot.T @ v.square()
-        nll = -self._log_prob_values(v).mean()
-        return {"nll": nll.float().detach()}
+        return {"nll": -self._log_prob_values(v).mean().float()}
 
     # ------------------------------------------------------------------ the model
     def _log_prior(self) -> torch.Tensor:

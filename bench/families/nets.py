@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from bench.errors import BenchError
+
 
 def downsample_plan(h: int) -> list[int]:
     """Resolutions after each stride-2 conv: 28 -> [14, 7]; 8 -> [4]; 32 -> [16, 8, 4]."""
@@ -33,7 +35,11 @@ def mlp(d_in: int, d_out: int, hidden: int = 256, depth: int = 3, act: type[nn.M
 
 class ConvEncoder(nn.Module):
     """(B, C, H, W) -> (B, out_dim): stride-2 4x4 convolutions straight from the input (DCGAN-style,
-    Radford et al. 2016), no full-resolution layer, which is where a small CPU net spends its time."""
+    Radford et al. 2016), no full-resolution layer, which is where a small CPU net spends its time.
+
+    ``features`` and ``head`` are usable apart: a caller may append ``extra_feature_maps`` maps to the
+    features before the head (a discriminator's minibatch std), and the head is sized for them.
+    """
 
     def __init__(
         self,
@@ -43,6 +49,7 @@ class ConvEncoder(nn.Module):
         norm: str = "none",
         act: type[nn.Module] = nn.SiLU,
         extra_in_channels: int = 0,
+        extra_feature_maps: int = 0,
     ):
         super().__init__()
         c, h, _ = shape
@@ -59,7 +66,7 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(ch_in, ch, 3, 1, 1), act()]
             ch_in = ch
         self.features = nn.Sequential(*layers)
-        self.flat_dim = ch_in * (sizes[-1] if sizes else h) ** 2
+        self.flat_dim = (ch_in + extra_feature_maps) * (sizes[-1] if sizes else h) ** 2
         self.head = nn.Linear(self.flat_dim, out_dim)
 
     def forward(self, x):
@@ -232,29 +239,12 @@ class TimeMLP(nn.Module):
         return self.net(torch.cat([x, timestep_embedding(t, self.t_dim)], dim=1))  # (B, D)
 
 
-@torch.no_grad()
-def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * source, parameter by parameter (Polyak averaging)."""
-    for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.lerp_(ps.detach(), 1.0 - decay)
-
-
-def ema_step_(target: nn.Module, source: nn.Module, steps: torch.Tensor, max_decay: float) -> None:
-    """One EMA update with the usual warm-up ``min(max_decay, (1 + n) / (10 + n))``, so short runs are
-    not dominated by the initial weights. ``steps`` is the model's step-count buffer (checkpointed)."""
-    steps += 1
-    n = int(steps)
-    ema_update_(target, source, min(max_decay, (1 + n) / (10 + n)))
-
-
 def time_conditioned_net(spec, family: str, width: int, mults, patch: int | None, hidden: int) -> nn.Module:
     """The denoiser / velocity net of diffusion and flow matching: a TimeUNet on images, a TimeMLP on points.
 
     ``patch=None`` folds 2x2 pixels into channels on images of 16 px and more (skips the costly
     full-resolution convolutions on a CPU) and works at full resolution otherwise.
     """
-    from bench.errors import BenchError
-
     if spec.kind != "image":
         return TimeMLP(spec.dim, hidden)
     _, h, w = spec.shape

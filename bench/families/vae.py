@@ -59,6 +59,7 @@ class VAE(GenerativeModel):
     family = "vae"
     Options = VAEOptions
     likelihood_kind = "lower_bound"
+    watched_loss = "neg_elbo"
 
     def __init__(self, spec: DataSpec, options: VAEOptions):
         super().__init__(spec, options)
@@ -70,7 +71,6 @@ class VAE(GenerativeModel):
         else:
             self.encoder = mlp(spec.dim, 2 * z, options.hidden)
             self.decoder = mlp(z, 2 * spec.dim, options.hidden)  # Gaussian mean and log-std
-        self.optimizers["adam"] = torch.optim.Adam(self.parameters(), lr=options.lr)
 
     # ------------------------------------------------------------------ pieces
     def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,19 +106,14 @@ class VAE(GenerativeModel):
         return torch.stack(out)
 
     # ------------------------------------------------------------------ interface
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._to_model_scale(x)
         mu, logvar = self._posterior(x)
         eps = torch.randn(mu.shape, generator=self.gen, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
         rec = self._log_px_given_z(x, z)  # (B,)
         kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)  # KL(q || N(0, I)), closed form
-        loss = (kl - rec).mean()  # negative ELBO, nats per example
-        opt = self.optimizers["adam"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"neg_elbo": loss.detach(), "kl": kl.mean().detach()}
+        return {"neg_elbo": (kl - rec).mean(), "kl": kl.mean()}  # negative ELBO, nats per example
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:

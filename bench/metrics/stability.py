@@ -135,15 +135,10 @@ def _mean(v: np.ndarray) -> float | None:
     return float(np.mean(v)) if v.size else None
 
 
-def watched_loss(log: pd.DataFrame) -> str | None:
-    """The first loss column (what the trainer's divergence guard watches)."""
-    return next((c for c in log.columns if c not in ("step", "seconds")), None)
-
-
-def oscillation_metrics(log: pd.DataFrame, adversarial: bool) -> list[Metric]:
-    """Second-half statistics of the loss curves (see the module docstring)."""
-    watched = watched_loss(log)
-    if watched is None or log.empty:
+def oscillation_metrics(log: pd.DataFrame, watched: str, adversarial: bool) -> list[Metric]:
+    """Second-half statistics of the loss curves (see the module docstring); ``watched`` is the family's
+    ``watched_loss``, ``adversarial`` its class attribute."""
+    if watched not in log or log.empty:
         return []
     n = len(log) - len(log) // 2
     out = [metric("loss_cv", coefficient_of_variation(second_half(log[watched])), loss=watched, steps=n)]
@@ -188,14 +183,14 @@ def snapshot_metrics(snapshots: list[dict[str, float]]) -> list[Metric]:
     return out
 
 
-def training_stability(result: TrainResult, family: str) -> list[Metric]:
-    """Per-cell stability metrics from a training run (log, snapshots, divergence)."""
+def training_stability(result: TrainResult, adversarial: bool) -> list[Metric]:
+    """Per-cell stability metrics from a training run (log, snapshots, divergence); ``adversarial`` is the
+    family's class attribute (it adds the D/G balance metrics)."""
     diverged = result.status == "diverged"
     out = [metric("diverged", float(diverged))]
     out.append(metric("diverged_at_step", result.diverged_at if diverged else None,
                       note=result.reason if diverged else "did not diverge"))
-    adversarial = family == "gan" or "d_acc_real" in result.log.columns
-    out += oscillation_metrics(result.log, adversarial)
+    out += oscillation_metrics(result.log, result.watched, adversarial)
     out += snapshot_metrics(result.snapshots)
     return out
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.data import load_dataset
+from bench.engine import Engine
 from bench.families import FAMILIES
 from bench.runner import data_spec
 
@@ -40,9 +41,10 @@ def test_train_step(benchmark, family, mnist):
     model.seed_training(0)
     x = mnist.train_x[:128].float() / 255
     y = mnist.train_y[:128]
-    model.training_step(x, y)  # warm-up: lazy init, allocator
+    engine = Engine(model)  # the family's default training settings
+    engine.step(x, y)  # warm-up: lazy init, allocator
     benchmark.extra_info["unit"] = "one optimizer step, batch 128"
-    benchmark.pedantic(model.training_step, args=(x, y), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(engine.step, args=(x, y), rounds=10, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("family", FAMILIES.names())
