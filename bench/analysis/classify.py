@@ -35,7 +35,7 @@ from bench.errors import BenchError
 from bench.families.base import DataSpec, GenerativeModel, Likelihood
 from bench.families.naive_bayes import NaiveBayes, NaiveBayesOptions
 from bench.metrics.features import DomainRecipe, train_domain_net
-from bench.train import train
+from bench.train import TrainContext, train
 
 
 class ClassConditional(Protocol):
@@ -170,7 +170,7 @@ def fit_naive_bayes(x: torch.Tensor, y: torch.Tensor, ds: Dataset, options: Naiv
     # the training loop drops a last partial batch, so the batch divides the set: every example is counted
     # (at most 5,000 a batch: a step also scores its batch, (B, K, D) doubles)
     bs = next(b for b in range(min(len(x), 5000), 0, -1) if len(x) % b == 0)
-    train(model, sub, Budget(epochs=1), batch_size=bs, seed=0, device=torch.device("cpu"))
+    train(model, sub, TrainContext(Budget(epochs=1), batch_size=bs))
     return model
 
 

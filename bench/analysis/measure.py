@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.families.naive_bayes import NaiveBayesOptions
 from bench.metrics.features import domain_extractor, extract
-from bench.train import train
+from bench.train import TrainContext, train
 
 Space = Literal["pixel", "domain"]
 
@@ -191,7 +191,7 @@ def train_per_class(family: str, options: dict[str, Any], ds: Dataset, budget: B
         spec = DataSpec(ds.kind, ds.shape, ds.num_classes, tuple(part.class_frequencies().tolist()))
         torch.manual_seed(seed)
         model = cls(spec, cls.Options(**options)).to(device)
-        result = train(model, part, budget, batch_size=batch_size, seed=seed + c, device=device)
+        result = train(model, part, TrainContext(budget, batch_size, seed=seed + c, device=device))
         if result.status != "ok":
             raise BenchError(f"per-class {family} model of class {c} diverged ({result.reason}); "
                              f"change its options or budget")
