@@ -40,3 +40,22 @@ def test_one_seed_shows_its_standard_error_and_nothing_means_no_section():
     (memo,) = sections([_record("vae", 0, {"near_copy_share_domain": 0.02})])
     assert memo.tables[0].loc[0, "near_copy_share_domain"] == "0.020 ± 0.010 (se)"
     assert sections([_record("vae", 0, {"fid_domain": 3.0})]) == []
+
+
+def test_closest_pairs_grid_puts_each_training_image_under_its_sample():
+    import io
+
+    from PIL import Image
+
+    from bench.analysis.plots import closest_pairs_grid
+
+    samples = np.zeros((3, 1, 4, 4), dtype=np.uint8)
+    train = np.full((5, 1, 4, 4), 200, dtype=np.uint8)
+    png = closest_pairs_grid(samples, train, [(0, 4, 0.1), (2, 1, 0.2), (1, 0, 0.3)], per_row=2)
+    im = np.asarray(Image.open(io.BytesIO(png)))
+    scale = im.shape[1] // (2 * 5 + 1)  # image_grid adds a 1-pixel border, then scales up
+    cell = lambda row, col: im[(1 + row) * scale, (1 + col) * scale]  # noqa: E731 - top-left pixel of a tile
+    assert cell(0, 0) == 0 and cell(5, 0) == 200  # first pair: sample above, training image below
+    assert cell(0, 5) == 0 and cell(5, 5) == 200  # second pair, second column
+    assert cell(13, 0) == 0 and cell(18, 0) == 200  # third pair: next block, after the 4-row gap
+    assert cell(13, 5) == 255  # an empty slot stays white

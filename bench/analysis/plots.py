@@ -45,17 +45,19 @@ def learning_curves(curve: pd.DataFrame, crossings: dict[str, Crossing] | None =
     return buf.getvalue()
 
 
-def closest_pairs_grid(samples: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]]) -> bytes:
-    """Two rows per block of eight: samples nearest the training set above their nearest training images.
+def closest_pairs_grid(samples: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]],
+                       per_row: int = 8) -> bytes:
+    """PNG: blocks of ``per_row`` pairs, each a sample (top) above its nearest training image (bottom).
 
     ``samples`` and ``train`` are uint8 (N, C, H, W); ``pairs`` from ``memorization.closest_pairs``.
     """
-    k = 8
-    rows = []
-    for i in range(0, len(pairs), k):
-        block = pairs[i : i + k]
-        pad = k - len(block)
-        top = [samples[s] for s, _, _ in block] + [np.full_like(samples[0], 255)] * pad
-        bottom = [train[t] for _, t, _ in block] + [np.full_like(samples[0], 255)] * pad
-        rows += [np.stack(top), np.stack(bottom)]
-    return image_grid(np.concatenate(rows), n=len(rows) * k)
+    c, h, w = samples.shape[1:]
+    blocks = -(-len(pairs) // per_row)
+    gap = 4  # white rows between blocks, so a pair is read top to bottom
+    mosaic = np.full((c, blocks * (2 * h + 1 + gap), per_row * (w + 1)), 255, dtype=np.uint8)
+    for i, (s, t, _) in enumerate(pairs):
+        r, q = divmod(i, per_row)
+        top, left = r * (2 * h + 1 + gap), q * (w + 1)
+        mosaic[:, top : top + h, left : left + w] = samples[s]
+        mosaic[:, top + h + 1 : top + 2 * h + 1, left : left + w] = train[t]
+    return image_grid(mosaic[None], n=1)
