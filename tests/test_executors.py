@@ -330,3 +330,34 @@ def test_ctrl_c_cancels_running_tasks_and_leaves_a_resumable_run(ray_address, tm
     r = run_cli("run", str(p), "--resume", "--executor", "ray", "--address", ray_address, "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert set(_records(out)) == {"nb__seed0", "slow__seed0"}
+
+
+TWO_MODEL_TUNE = """
+name: tt
+dataset: digits
+seeds: [0]
+budget: {epochs: 1}
+batch_size: 64
+threads: 1
+eval: {metrics: [likelihood], n_samples: 50}
+tuning: {trials: 3, sampler: random, seed: 0, objective: nll_bpd_exact}
+models:
+  - {name: nb, family: naive_bayes, tune: {space: {pixel_model: {type: categorical, choices: [gaussian, categorical]}}}}
+  - {name: nb2, family: naive_bayes, options: {pixel_model: categorical}, tune: {space: {min_std: null}}}
+"""
+
+
+def test_tuning_trials_on_ray_equal_local_ones(ray_address, tmp_path, write_suite):
+    """A round of trials (trial k of every model) runs as Ray tasks at once; the proposals and scores are
+    those of the local run, because a proposal reads only its own model's earlier trials."""
+    suite = write_suite(TWO_MODEL_TUNE)
+    trials = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", ray_address])):
+        out = tmp_path / name
+        r = run_cli("tune", str(suite), "--out", str(out), "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+        trials[name] = {p.name: {k: v for k, v in json.loads(p.read_text()).items() if k in ("params", "state", "value")}
+                        for p in sorted((out / "trials").glob("*.json"))}
+        env = json.loads((out / "environment.json").read_text())
+        assert [e["name"] for e in env["executors"]] == [name]
+    assert len(trials["local"]) == 6 and trials["ray"] == trials["local"]
