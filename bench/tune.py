@@ -53,7 +53,7 @@ from bench.metrics import EVALUATORS  # importing it registers every metric: obj
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite
 from bench.data import Dataset, ValidationOptions, load_dataset, validation_split
 from bench.errors import BenchError
-from bench.executors import TaskFailure, check_executor, make_executor, note_executor
+from bench.executors import TaskFailure, check_executor, executing, make_executor
 from bench.families import FAMILIES
 from bench.io import atomic_write_json, atomic_write_text
 from bench.results import METRICS, CellRecord
@@ -551,16 +551,9 @@ def tune_suite(
                      lambda spec, out: done(out if isinstance(out, Trial) else _lost_trial(spec, out)),
                      shared, label=lambda spec: f"trial {spec.plan.model.name} {spec.number}")
 
-    try:
-        if not quiet:
-            print(f"executor: {pool.describe()['setup']}", flush=True)
+    with executing(pool, run_dir, "trials", quiet):
         shared = shared_data(tcfg, split.fit, split.evaluation, device) if done < len(plans) * tuning.trials else None
         search(studies, tuning.trials, tuning, direction, store, report, run_round)
-    except KeyboardInterrupt:
-        raise BenchError(f"interrupted; finished trials are kept: rerun with --resume --out {run_dir}") from None
-    finally:
-        note_executor(run_dir, pool.describe())
-        pool.close()
     if not quiet:
         print(f"all trials done in {time.perf_counter() - t_start:.0f}s", flush=True)
 

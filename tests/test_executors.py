@@ -22,6 +22,7 @@ from bench.errors import BenchError
 from bench.executors import LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, max_concurrent, note_executor
 from bench.io import sidecar
 from conftest import ROOT, TINY, run_cli
+from test_tune import TUNE_SUITE
 
 
 def _comparable(rec: dict) -> dict:
@@ -332,19 +333,9 @@ def test_ctrl_c_cancels_running_tasks_and_leaves_a_resumable_run(ray_address, tm
     assert set(_records(out)) == {"nb__seed0", "slow__seed0"}
 
 
-TWO_MODEL_TUNE = """
-name: tt
-dataset: digits
-seeds: [0]
-budget: {epochs: 1}
-batch_size: 64
-threads: 1
-eval: {metrics: [likelihood], n_samples: 50}
-tuning: {trials: 3, sampler: random, seed: 0, objective: nll_bpd_exact}
-models:
-  - {name: nb, family: naive_bayes, tune: {space: {pixel_model: {type: categorical, choices: [gaussian, categorical]}}}}
-  - {name: nb2, family: naive_bayes, options: {pixel_model: categorical}, tune: {space: {min_std: null}}}
-"""
+# the tuning test suite with three trials and a second model
+TWO_MODEL_TUNE = TUNE_SUITE.replace("trials: 4", "trials: 3") + (
+    "  - {name: nb2, family: naive_bayes, options: {pixel_model: categorical}, tune: {space: {min_std: null}}}\n")
 
 
 def test_tuning_trials_on_ray_equal_local_ones(ray_address, tmp_path, write_suite):
