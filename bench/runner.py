@@ -385,7 +385,7 @@ def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.
     probe = ds.test_x[:256]
     if "quality" in cfg.eval.metrics:
         evaluate_quality(probe, ds, cfg.eval.options("quality"), device)
-    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
+    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every and (ds.kind == "points" or ds.has_labels):
         quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
     return Shared((train_ds, ds), cache_files_in_use())
 
