@@ -25,6 +25,7 @@ from bench.families.diffusion import Diffusion, DiffusionOptions, make_betas, sa
 from bench.families.flow_matching import FlowMatching, FlowMatchingOptions, sample_ode
 from bench.families.gan import GAN, GANOptions
 from bench.families.guidance import classifier_free, drop_labels
+from bench.families.naive_bayes import NaiveBayes, NaiveBayesOptions
 from bench.families.vae import VAE, VAEOptions
 
 K = 4
@@ -145,6 +146,10 @@ def test_measured_nfe_equals_declared_on_images(spec, opts):
     cls = Diffusion if isinstance(opts, DiffusionOptions) else Autoregressive
     m = cls(spec, opts).eval()
     assert measure_nfe(m, 3, _gen()) == m.nfe_per_sample == (12 if cls is Diffusion else 16)
+
+
+def test_measure_nfe_is_none_when_no_network_runs():
+    assert measure_nfe(NaiveBayes(DIGITS, NaiveBayesOptions()).eval(), 4, _gen()) is None
 
 
 # ---------------------------------------------------------------------- guidance: known answers

@@ -24,7 +24,8 @@ What a family writes (methods)::
 
     loss(x, y) -> dict[str, Tensor]            # the watched loss (with grad) + any extra scalars to log
     sample(n, generator, y=None) -> Tensor     # images in [0, 1] (n, C, H, W), or points (n, D)
-    log_likelihood(x_uint8, generator) -> list[Likelihood]   # [] for families without one
+    log_likelihood(x_uint8, generator) -> list[Likelihood]   # [] for families without one; a conditional
+                                                             # family also takes y (the test labels)
 
 and, when the defaults do not fit::
 
@@ -259,8 +260,11 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
-        """Per-example log-likelihoods (nats) of test data; empty list for families with none."""
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator,
+                       y: torch.Tensor | None = None) -> list[Likelihood]:
+        """Per-example log-likelihoods (nats) of test data; empty list for families with none. ``y`` (the
+        test labels) is passed to conditional models only (``is_conditional``): unconditional families may
+        keep the two-argument signature."""
         return []
 
     @property
@@ -349,16 +353,19 @@ def count_calls(*modules: nn.Module) -> Iterator[CallCount]:
 
 @torch.no_grad()
 def measure_nfe(model: GenerativeModel, n: int, generator: torch.Generator,
-                y: torch.Tensor | None = None) -> float:
+                y: torch.Tensor | None = None) -> float | None:
     """Network evaluations per sample, counted by the harness: forward calls of ``model.nfe_modules()``
     (times their batch rows, divided by ``n``) during one ``model.sample(n, generator, y)``.
 
     What counts as one evaluation is one row through one of those networks: a denoiser or velocity
     step, a guidance classifier's forward pass, a PixelCNN pixel (its output head), a decoder pass.
+    None when no counted network was called: a sampler with no network (naive Bayes) or one that
+    calls its layers other than through ``forward`` (the normalizing flow's inverse); the declared
+    ``nfe_per_sample`` then stands alone.
     """
     with count_calls(*model.nfe_modules()) as count:
         model.sample(n, generator, y)
-    return count.per_sample(n)
+    return count.per_sample(n) if count.calls else None
 
 
 @dataclass(frozen=True)
