@@ -307,7 +307,6 @@ def test_cvae_draws_the_requested_class():
     assert _controllability(m) > 0.8
 
 
-@pytest.mark.slow
 def test_conditional_diffusion_and_classifier_guidance_draw_the_requested_class():
     cond = _train(Diffusion(POINTS, DiffusionOptions(conditional=True, hidden=64, timesteps=100, sample_steps=20)),
                   600)
@@ -318,3 +317,29 @@ def test_conditional_diffusion_and_classifier_guidance_draw_the_requested_class(
     guided = Diffusion(POINTS, o.model_copy(update={"classifier_guidance": 4.0})).eval()
     guided.load_state_dict(uncond.state_dict())
     assert base < 0.4 and _controllability(guided) > base + 0.3
+
+
+def test_conditional_pixelcnn_draws_the_requested_class():
+    """4x4 images whose class sets the grey level (0, 128, 255, plus noise): samples asked for class c
+    have the mean grey level of class c, by the nearest-class-mean rule."""
+    levels = torch.tensor([0.0, 128.0, 255.0])
+    m = Autoregressive(TINY, AutoregressiveOptions(channels=8, layers=2, conditional=True))
+    m.seed_training(0)
+    engine, g = Engine(m), _gen(0)
+    for _ in range(150):
+        y = torch.randint(0, 3, (64,), generator=g)
+        v = (levels[y].view(-1, 1, 1, 1) + 20 * torch.randn(64, 1, 4, 4, generator=g)).clamp(0, 255).round()
+        engine.step(v / 255, y)
+    m.eval()
+    y = torch.arange(60) % 3
+    grey = m.sample(60, _gen(1), y).mean((1, 2, 3)) * 255  # (60,)
+    assert ((grey[:, None] - levels).abs().argmin(1) == y).float().mean() > 0.8  # chance is 1/3
+
+
+def test_cvae_on_images_samples_and_bounds_given_labels():
+    m = VAE(DIGITS, VAEOptions(conditional=True, width=8, iwae_k=2)).eval()
+    y = torch.arange(5)
+    assert m.sample(5, _gen(), y).shape == (5, 1, 8, 8)
+    x = torch.randint(0, 256, (5, 1, 8, 8), generator=_gen()).to(torch.uint8)
+    out = m.log_likelihood(x, _gen(), y)
+    assert [lk.given for lk in out] == ["y", "y", None, None] and all(lk.log_prob.shape == (5,) for lk in out)
