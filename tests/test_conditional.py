@@ -232,6 +232,22 @@ def test_unconditional_nets_have_no_label_parameters():
         assert not any("label" in k or "clf" in k for k in m.state_dict()), type(m).__name__
 
 
+def test_sampling_options_change_a_trained_model_and_network_options_are_refused():
+    m = Diffusion(POINTS, DiffusionOptions(conditional=True, sample_steps=10, timesteps=50)).eval()
+    m.set_sampling_options(sample_steps=4, sampler="ddim", guidance=2.0)
+    assert (m.options.sample_steps, m.nfe_per_sample) == (4, 8) and measure_nfe(m, 3, _gen()) == 8
+    with pytest.raises(BenchError, match="hidden cannot change after training"):
+        m.set_sampling_options(hidden=8)
+    with pytest.raises(BenchError, match="exceeds timesteps"):
+        m.set_sampling_options(sample_steps=51)
+    plain = FlowMatching(POINTS, FlowMatchingOptions()).eval()
+    with pytest.raises(BenchError, match="needs conditional"):
+        plain.set_sampling_options(guidance=1.0)
+    gan = GAN(POINTS, GANOptions(loss="wgan_gp"))
+    gan.set_sampling_options(truncation=0.7)  # the resolved paper defaults validate again unchanged
+    assert gan.options.truncation == 0.7 and gan.options.gp_weight == 10.0
+
+
 def test_labels_are_checked():
     m = FlowMatching(POINTS, FlowMatchingOptions(conditional=True)).eval()
     with pytest.raises(ValueError, match="y must be"):

@@ -19,6 +19,8 @@ What a family states (class attributes)::
                                        # the suite's ``train:`` (top level, then per model) overrides them
     conditional_capable = False        # sample() honours class labels y (when the model's options make it
                                        # conditional; ``is_conditional`` says whether this instance is)
+    sampling_options = frozenset()     # options read at sampling/evaluation time only: a sweep may change them
+                                       # on a trained model (``set_sampling_options``) without retraining
 
 What a family writes (methods)::
 
@@ -102,10 +104,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from bench.engine import TrainSettings
+from bench.errors import BenchError
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -160,6 +163,7 @@ class GenerativeModel(nn.Module):
     watched_loss: ClassVar[str] = "loss"  # key of loss()'s dict that is minimised and watched for divergence
     adversarial: ClassVar[bool] = False  # alternating updates in an overridden training_step (GANs)
     train_defaults: ClassVar[TrainSettings] = TrainSettings()  # engine defaults; the suite's train: overrides
+    sampling_options: ClassVar[frozenset[str]] = frozenset()  # options a sweep may change without retraining
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()
@@ -280,6 +284,20 @@ class GenerativeModel(nn.Module):
         if self.has_ema:
             mods += list(self.ema.values())
         return [m for m in mods if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+
+    def set_sampling_options(self, **changes: Any) -> None:
+        """Change sampling-time options of a trained model (a sweep point: steps, sampler, guidance scale,
+        truncation, ...), validated as the suite's ``options:`` are. Options that shape the network or
+        its training are refused: changing them needs a new model."""
+        bad = sorted(set(changes) - self.sampling_options)
+        if bad:
+            raise BenchError(f"{self.family}: option(s) {', '.join(bad)} cannot change after training; "
+                             f"sampling options: {', '.join(sorted(self.sampling_options)) or 'none'}")
+        try:
+            self.options = type(self.options).model_validate({**self.options.model_dump(), **changes})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"] if e.errors() else str(e)
+            raise BenchError(f"{self.family}: sampling options {changes}: {msg}") from None
 
     @property
     def is_conditional(self) -> bool:

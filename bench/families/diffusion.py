@@ -245,6 +245,8 @@ class Diffusion(GenerativeModel):
     Options = DiffusionOptions
     likelihood_kind = "lower_bound"
     conditional_capable = True
+    sampling_options = frozenset({"sampler", "sample_steps", "eta", "sigma", "clip_x0", "vlb_t_samples",
+                                  "guidance", "cfg_batched", "classifier_guidance"})
     train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the denoiser (Ho et al. 2020, sec. 4)
 
     def __init__(self, spec: DataSpec, options: DiffusionOptions):

@@ -172,6 +172,8 @@ class FlowMatching(GenerativeModel):
     Options = FlowMatchingOptions
     likelihood_kind = "estimate"
     conditional_capable = True
+    sampling_options = frozenset({"solver", "sample_steps", "likelihood", "likelihood_steps", "probes", "guidance",
+                                  "cfg_batched"})
     train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the velocity net
 
     def __init__(self, spec: DataSpec, options: FlowMatchingOptions):

@@ -179,6 +179,7 @@ class GAN(GenerativeModel):
     Options = GANOptions
     likelihood_kind = "none"
     conditional_capable = True
+    sampling_options = frozenset({"truncation"})
     watched_loss = "loss_d"  # D's loss: it blows up first when the game diverges
     adversarial = True
 

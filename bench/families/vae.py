@@ -74,6 +74,7 @@ class VAE(GenerativeModel):
     Options = VAEOptions
     likelihood_kind = "lower_bound"
     conditional_capable = True
+    sampling_options = frozenset({"sample_mode", "iwae_k", "marginal_likelihood"})
     watched_loss = "neg_elbo"
 
     def __init__(self, spec: DataSpec, options: VAEOptions):
