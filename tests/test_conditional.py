@@ -307,6 +307,26 @@ def test_conditional_diffusion_likelihood_is_given_y_and_null():
     assert [lk.given for lk in m.log_likelihood(x, _gen())] == ["null"]
 
 
+def test_conditional_flow_matching_likelihood_is_given_y_and_null():
+    m = FlowMatching(POINTS, FlowMatchingOptions(conditional=True, likelihood_steps=4)).eval()
+    _randomise(m)
+    x, y = _blobs(4, _gen())
+    given, null = m.log_likelihood(x, _gen(), y)
+    assert (given.given, null.given, null.params["label"]) == ("y", "null", "null")
+    assert not torch.allclose(given.log_prob, null.log_prob)  # the label changes the velocity field
+
+
+def test_batched_cfg_matches_unbatched_on_the_real_sampler():
+    o = FlowMatchingOptions(conditional=True, guidance=2.0, sample_steps=5)
+    m = FlowMatching(POINTS, o).eval()
+    _randomise(m, 2)
+    batched = FlowMatching(POINTS, o.model_copy(update={"cfg_batched": True})).eval()
+    batched.load_state_dict(m.state_dict())
+    y = torch.arange(8) % K
+    # the same arithmetic up to float rounding (random weights make a steep flow: compare relatively)
+    assert torch.allclose(m.sample(8, _gen(3), y), batched.sample(8, _gen(3), y), rtol=1e-4, atol=1e-3)
+
+
 # ---------------------------------------------------------------------- trained for a few seconds
 def _controllability(model, n: int = 400) -> float:
     y = torch.arange(n) % K
