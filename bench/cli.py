@@ -1,7 +1,9 @@
-"""Command line: ``python -m bench {run, validate, list, report, compare}``.
+"""Command line: ``python -m bench {run, validate, list, report, compare, evaluate}``.
 
-User errors (``BenchError``) print one line to stderr and exit 2; nothing else is
-caught, so a bug still shows its traceback.
+Exit status: 0 everything ran (a diverged cell is a result, not a failure); 1 a regression
+against the baseline, or a cell that failed (raised, ran out of memory, or ran past
+``--cell-time-limit``), listed on stderr; 2 a user error (``BenchError``: one line on stderr,
+no traceback); 130 interrupted. Nothing else is caught, so a bug still shows its traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.registry import Registry
 
 
 def _seeds(text: str) -> list[int]:
@@ -31,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", metavar="MODEL", help="run only this model (repeatable)")
     r.add_argument("--seeds", type=_seeds, help="override the suite's seeds, e.g. '0 1 2'")
     r.add_argument("--quiet", action="store_true", help="no progress output (CI)")
+    r.add_argument("--cell-time-limit", type=float, metavar="SECONDS",
+                   help="record a cell that runs longer than this (training + evaluation) as failed and go on")
     r.add_argument("--baseline", type=Path, help="after the run, compare against this run/results.json (default: the suite's "
                    "compare.baseline); exit 1 on a regression")
     r.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
@@ -61,22 +66,40 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list() -> int:
-    import bench.metrics  # noqa: F401  (registers every metric)
     from bench.data import DATASETS
     from bench.families import FAMILIES
-    from bench.results import METRICS
+    from bench.metrics import EVALUATORS
+    from bench.registry import describe
 
     print("families:")
     for name, fe in FAMILIES.items():
         print(f"  {name:<16} likelihood={fe.cls.likelihood_kind:<12} {fe.description}")
+    _list_plugins(FAMILIES)
     print("datasets:")
     for name, de in DATASETS.items():
         print(f"  {name:<16} {de.description}")
-    print("metrics:")
-    for name, m in METRICS.items():
-        arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
-        print(f"  {name:<28} {m.group:<11} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind}")
+    _list_plugins(DATASETS)
+    print("evaluators (eval.metrics; options in eval.<name>) and their metrics:")
+    for name, cls in EVALUATORS.in_order():
+        needs = ", ".join(sorted(cls.needs)) or "spent budget"
+        options = ", ".join(cls.Options.model_fields) or "-"
+        print(f"  {name}{' (always)' if cls.always else ''}: {describe(cls)}")
+        print(f"    needs: {needs}; options: {options}")
+        for m in cls.metrics:
+            arrow = {True: "higher is better", False: "lower is better", None: "informational"}[m.higher_is_better]
+            flags = " ".join(f for f, on in (("headline", m.headline), ("axis", m.axis),
+                                             ("machine-dependent", m.machine_dependent)) if on)
+            print(f"    {m.name:<26} {m.role:<10} {arrow:<17} unit={m.unit or '-':<10} kind={m.kind:<11} {flags}".rstrip())
+    _list_plugins(EVALUATORS)
     return 0
+
+
+def _list_plugins(registry: Registry) -> None:
+    """Names installed packages declare in the registry's entry-point group (listed, not imported)."""
+    for name, ep in sorted(registry.entry_points().items()):
+        if name not in registry:
+            dist = f" from {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+            print(f"  {name:<16} plugin {ep.value}{dist}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -118,7 +141,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return compare.main(args.baseline, args.current, args.summary, args.quiet)
 
-    import bench.metrics  # noqa: F401
     from bench.config import load_suite
     from bench.runner import run_suite
 
@@ -128,16 +150,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.suite}: ok")
         return 0
     run_dir = run_suite(cfg, args.suite, out=args.out, reports_root=args.reports_root, resume=args.resume,
-                        only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet)
+                        only=args.only, seeds=args.seeds, dry_run=args.dry_run, quiet=args.quiet,
+                        cell_time_limit=args.cell_time_limit)
     if run_dir is None:
         return 0
     print(f"report: {run_dir / 'index.html'}")
+    status = _failed_cells(run_dir)
     baseline = args.baseline or (args.suite.parent / cfg.compare.baseline if cfg.compare.baseline else None)
     if baseline:
         from bench import compare
 
-        return compare.main(str(baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet)
-    return 0
+        status = max(status, compare.main(str(baseline), str(run_dir), str(run_dir / "compare.json"), args.quiet))
+    return status
+
+
+def _failed_cells(run_dir: Path) -> int:
+    """1 (and the failed cells on stderr, each with its reason and log) when a cell failed, else 0."""
+    from bench.store import RunStore
+
+    failed = [r for r in RunStore(run_dir).records() if r.status == "failed"]
+    for r in failed:
+        print(f"bench: cell {r.cell_id} failed: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"bench: {len(failed)} cell(s) failed; the other results are in {run_dir}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

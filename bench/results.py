@@ -1,15 +1,15 @@
 """The results model: metric metadata, metric values and per-cell records.
 
-Direction, unit and kind are declared once, where a metric is registered
-(STYLE.md #4); the report's arrows and ``bench compare`` both read them from
-here. Metric names never change meaning (STYLE.md #11): a new meaning gets a
-new name.
+Direction, unit, kind, role and machine dependence are declared once, where an evaluator
+declares its metrics (STYLE.md #4; ``bench.metrics.base``); the report's columns and arrows
+and ``bench compare`` all read them from here. Metric names never change meaning
+(STYLE.md #11): a new meaning gets a new name.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from bench.registry import Registry
 
@@ -17,36 +17,41 @@ from bench.registry import Registry
 # so an upper bound on the NLL), "estimate" or "none"; every other metric is "value".
 MetricKind = Literal["value", "exact", "lower_bound", "estimate", "none"]
 
+# Which question a metric answers; the report groups columns by it. quality, coverage and speed
+# are the three corners of the generative trilemma; likelihood, stability and cost get their own
+# sections (cost: what training spent); info: context, never a headline.
+MetricRole = Literal["quality", "coverage", "speed", "likelihood", "stability", "cost", "info"]
+
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """Metadata of one metric name."""
+    """Metadata of one metric name, declared once by the evaluator that produces it."""
 
     name: str
     unit: str  # "", "nats", "bits/dim", "samples/s", "s", "classes", ...
     higher_is_better: bool | None  # None: informational, never a regression
     kind: MetricKind = "value"
-    group: str = "misc"  # which evaluator produces it: "likelihood", "quality", "speed", ...
+    role: MetricRole = "info"
+    machine_dependent: bool = False  # a timing: depends on the machine and its load, never judged by compare
+    headline: bool = False  # a column of its section's summary table (the trilemma table, the stability table)
+    axis: bool = False  # a candidate for its role's axis (trilemma plots, the one-line cell summary):
+    # the first candidate present in a run, in registration order, is used
+    group: str = "misc"  # the evaluator that produces it (filled in by register_evaluator)
     description: str = ""
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 
-def register_metric(
-    name: str,
-    *,
-    unit: str,
-    higher_is_better: bool | None,
-    kind: MetricKind = "value",
-    group: str = "misc",
-    description: str = "",
-) -> MetricSpec:
-    """Declare a metric name once, with its direction, unit and kind."""
-    if kind not in ("value", "exact", "lower_bound", "estimate", "none"):
-        raise ValueError(f"metric {name!r}: bad kind {kind!r}")
-    spec = MetricSpec(name, unit, higher_is_better, kind, group, description)
-    return METRICS.register(name, spec)
+def register_metric(name: str | MetricSpec, **meta: Any) -> MetricSpec:
+    """Declare a metric name once: ``register_metric("fid_x", unit="", higher_is_better=False, role="quality")``
+    or ``register_metric(MetricSpec(...))``. Evaluators do this through ``register_evaluator``."""
+    spec = name if isinstance(name, MetricSpec) else MetricSpec(name, **meta)
+    if spec.kind not in get_args(MetricKind):
+        raise ValueError(f"metric {spec.name!r}: bad kind {spec.kind!r}; choose one of {get_args(MetricKind)}")
+    if spec.role not in get_args(MetricRole):
+        raise ValueError(f"metric {spec.name!r}: bad role {spec.role!r}; choose one of {get_args(MetricRole)}")
+    return METRICS.register(spec.name, spec)
 
 
 @dataclass
@@ -59,7 +64,8 @@ class Metric:
     kind: MetricKind = "value"
     higher_is_better: bool | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
+    note: str = ""  # why there is no value ("no labels: ..."), or a caveat about it
+    machine_dependent: bool = False  # a timing (from the spec): compare shows it, never judges it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,7 +79,13 @@ def metric(name: str, value: float | None, *, note: str = "", **params: Any) -> 
     """Build a ``Metric`` from a registered name: metadata comes from the registry."""
     spec = METRICS.get(name)
     v = None if value is None else float(value)
-    return Metric(name, v, spec.unit, spec.kind, spec.higher_is_better, dict(params), note)
+    return Metric(name, v, spec.unit, spec.kind, spec.higher_is_better, dict(params), note, spec.machine_dependent)
+
+
+def unavailable(name: str, reason: str, **params: Any) -> Metric:
+    """A metric that cannot be computed here (no labels, no logits, ...): no value, and the reason.
+    The report shows it as ``n/a: <reason>``; compare treats a missing value as missing."""
+    return metric(name, None, note=reason, **params)
 
 
 # Status of a finished cell.

@@ -7,9 +7,12 @@ A diverged or crashing cell is recorded as such and the suite goes on.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -21,15 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 
 from bench.config import Budget, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
-from bench.results import CellRecord, Metric, cell_id, metric
+from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
+from bench.metrics.base import EvalContext, axis
+from bench.results import CellRecord, cell_id
 from bench.engine import TrainSettings
-from bench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from bench.store import RunStore, latest_run_dir, new_run_dir
+from bench.io import (atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
+                      torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
+from bench.store import LOCK_NAME, RunLock, RunStore, describe_owner, latest_run_dir, lock_holder, new_run_dir
 from bench.train import Spent, TrainContext, TrainResult, steps_for, train
 
 
@@ -102,7 +109,16 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def data_spec(ds: Dataset) -> DataSpec:
-    return DataSpec(ds.kind, ds.shape, ds.num_classes, tuple(ds.class_frequencies().tolist()))
+    # unlabelled data (num_classes 0, every label 0) are one class to a family: naive Bayes fits one component
+    return DataSpec(ds.kind, ds.shape, max(ds.num_classes, 1), tuple(ds.class_frequencies().tolist()))
+
+
+def check_labels(cfg: SuiteConfig, ds: Dataset) -> None:
+    """A conditional model needs labels: refuse it on unlabelled data before any cell trains."""
+    for i, m in enumerate(cfg.models):
+        if not ds.has_labels and getattr(FAMILIES.get(m.family).cls.Options(**m.options), "conditional", False):
+            raise BenchError(f"models[{i}].options.conditional: dataset {cfg.dataset.name} has no labels, so {m.name} "
+                             "cannot be conditional; set conditional: false or use labelled data")
 
 
 def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device) -> GenerativeModel:
@@ -114,8 +130,8 @@ def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device)
 
 def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: DataSpec,
                     optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    """State dict + config, loadable with ``torch.load(weights_only=True)``."""
-    atomic_torch_save(
+    """State dict + config, loadable with ``torch.load(weights_only=True)``, with a sha256 sidecar."""
+    torch_save_with_sidecar(
         {
             "bench_checkpoint": 1,
             "family": m.family,
@@ -129,15 +145,36 @@ def save_checkpoint(path: Path, model: GenerativeModel, m: ModelConfig, spec: Da
     )
 
 
-def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.device) -> GenerativeModel:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A bench checkpoint, checked: sha256 against its sidecar when it has one (checkpoints bench wrote),
+    ``weights_only`` loading (tensors and plain values only), and the fields a checkpoint must have."""
     if not path.is_file():
-        raise BenchError(f"models[{m.name}].checkpoint: no such file {path}")
+        raise BenchError(f"{path}: no such checkpoint file")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch_load_verified(path) if sidecar(path).is_file() else torch.load(path, map_location="cpu",
+                                                                                   weights_only=True)
+    except BenchError:
+        raise BenchError(f"{path}: fails its sha256 check ({sidecar(path).name}): corrupted or edited after bench "
+                         "wrote it; restore it, or retrain the model (rerun its cell)") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise BenchError(f"{path}: not a loadable checkpoint ({type(e).__name__}); was it written by bench?") from None
     if not isinstance(ck, dict) or ck.get("bench_checkpoint") != 1:
         raise BenchError(f"{path}: not a bench checkpoint (no 'bench_checkpoint' key)")
+    spec = ck.get("spec")
+    ok = (isinstance(ck.get("family"), str) and isinstance(ck.get("options"), dict) and isinstance(spec, dict)
+          and isinstance(spec.get("shape"), list) and isinstance(spec.get("num_classes"), int)
+          and isinstance(ck.get("state_dict"), dict)
+          and all(isinstance(v, torch.Tensor) for v in ck["state_dict"].values()))
+    if not ok:
+        raise BenchError(f"{path}: a bench checkpoint with missing or mistyped fields (family, options, spec, "
+                         "state_dict); it was edited or written by another version")
+    return ck
+
+
+def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.device) -> GenerativeModel:
+    if not path.is_file():
+        raise BenchError(f"models[{m.name}].checkpoint: no such file {path}")
+    ck = read_checkpoint(path)
     if ck["family"] != m.family:
         raise BenchError(f"{path}: checkpoint is family {ck['family']!r}, the suite says {m.family!r}")
     cls = FAMILIES.get(m.family).cls
@@ -147,7 +184,10 @@ def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.de
     if tuple(ck["spec"]["shape"]) != tuple(spec.shape) or ck["spec"]["num_classes"] != spec.num_classes:
         raise BenchError(f"{path}: checkpoint does not match the model: trained on data of shape {ck['spec']['shape']}, "
                          f"this suite's dataset has shape {list(spec.shape)}")
-    model = cls(spec, cls.Options(**ck["options"])).to(device)
+    try:
+        model = cls(spec, cls.Options(**ck["options"])).to(device)
+    except ValidationError as e:
+        raise BenchError(f"{path}: checkpoint options do not validate ({e.errors()[0]['msg']})") from None
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
@@ -164,39 +204,33 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
     """
     m = cell.model
     spec = data_spec(ds)
-    budget_asked = cell.budget.as_dict()
-    rec = CellRecord(cfg.name, run_id, m.name, m.family, cell.seed, "ok", budget_asked, {}, [],
-                     options={}, environment={"device": env["device"]})
+    rec = _new_record(cell, cfg, run_id, env)
+    evaluators = cfg.eval.evaluators()
     try:
+        fault_point(f"train:{cell.id}")
         if m.checkpoint:
             model = load_checkpoint((suite_dir / m.checkpoint).resolve(), m, spec, device)
             spent = Spent(0.0, 0, 0, 0.0, model.num_parameters(), 0.0, loaded_from=m.checkpoint)
+            ctx = EvalContext(model, ds, cfg.eval, device, cell.seed)
             result = TrainResult("ok", spent, _empty_log(), watched=model.watched_loss)
         else:
             model = build_model(m, spec, cell.seed, device)
-            snapshot_fn = None
-            if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
-                from bench.metrics.stability import snapshot_fn_for
-
-                snapshot_fn = snapshot_fn_for(ds, device, cfg.eval.snapshot_samples, cell.seed)
-            ctx = TrainContext(cell.budget, cell.batch_size, cell.seed, device, cell.train,
-                               snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn,
-                               nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
-                               progress=progress, label=cell.id)
-            result = train(model, train_ds, ctx)
+            ctx = EvalContext(model, ds, cfg.eval, device, cell.seed)
+            tctx = TrainContext(cell.budget, cell.batch_size, cell.seed, device, cell.train,
+                                snapshot_every=cfg.eval.snapshot_every, snapshot_fn=snapshot_fn(evaluators, ctx),
+                                nan_at_step=m.debug.nan_at_step, explode_factor=cfg.eval.explode_factor,
+                                progress=progress, label=cell.id)
+            result = train(model, train_ds, tctx)
+            ctx.train = result
             log_path = store.path("logs", cell.id, "csv")
             atomic_write_text(log_path, result.log.to_csv(index=False))
             rec.artifacts["log"] = str(log_path.relative_to(store.dir))
+        ctx.spent = result.spent.as_record()
         rec.options = model.options.model_dump()
         rec.train = result.settings.model_dump() if result.settings is not None else {}
         rec.spent = result.spent.as_record()
-        rec.metrics += _cost_metrics(result.spent)
-        if "stability" in cfg.eval.metrics and not m.checkpoint:
-            from bench.metrics.stability import loss_curves, training_stability
-
-            rec.metrics += training_stability(result, type(model).adversarial)
-            rec.curves["snapshots"] = result.snapshots
-            rec.curves["losses"] = loss_curves(result.log)
+        rec.curves = ctx.curves  # evaluators add their series (losses, snapshots) here
+        rec.metrics += run_training_evaluators(evaluators, ctx)
         if result.status == "diverged":
             rec.status, rec.diverged_at, rec.error = "diverged", result.diverged_at, result.reason
             return rec
@@ -204,25 +238,69 @@ def run_cell(cell: Cell, cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, store
             ck = store.path("checkpoints", cell.id, "pt")
             save_checkpoint(ck, model, m, spec, result.optimizers)
             rec.artifacts["checkpoint"] = str(ck.relative_to(store.dir))
-        from bench.evaluate import evaluate
-
+        fault_point(f"evaluate:{cell.id}")
         t0 = time.perf_counter()
-        metrics, samples = evaluate(model, ds, cfg.eval, device, cell.seed, progress)
+        rec.metrics += run_model_evaluators(evaluators, ctx, cfg.eval)
         rec.spent["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        rec.metrics += metrics
-        if cfg.eval.save_samples and samples is not None:
+        if cfg.eval.save_samples and ctx.samples is not None:
             sp = store.path("samples", cell.id, "npz")
-            _save_samples(sp, samples)
+            _save_samples(sp, ctx.samples)
             rec.artifacts["samples"] = str(sp.relative_to(store.dir))
     except BenchError:
         raise  # the user's to fix (missing data, bad checkpoint): stop the run with the message
     except Exception as e:  # a family's own bug or an OOM: record it, keep the traceback, go on
-        err = store.path("logs", cell.id, "err")
-        atomic_write_text(err, traceback.format_exc())
-        rec.status = "failed"
-        rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-        rec.artifacts["traceback"] = str(err.relative_to(store.dir))
+        _record_failure(rec, store, e)
     return rec
+
+
+def _new_record(cell: Cell, cfg: SuiteConfig, run_id: str, env: dict[str, Any]) -> CellRecord:
+    m = cell.model
+    return CellRecord(cfg.name, run_id, m.name, m.family, cell.seed, "ok", cell.budget.as_dict(), {}, [],
+                      options={}, environment={"device": env["device"]})
+
+
+class CellTimeLimit(BaseException):
+    """Raised (by SIGALRM) in a cell that runs past ``--cell-time-limit``. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` inside a family can swallow it."""
+
+
+def _record_failure(rec: CellRecord, store: RunStore, e: BaseException) -> None:
+    """Status ``failed``, a one-line reason that names the traceback file, the traceback kept there."""
+    err = store.path("logs", rec.cell_id, "err")
+    atomic_write_text(err, traceback.format_exc())
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, MemoryError) or "out of memory" in first.lower():
+        first = f"out of memory: {first}" if first else "out of memory"
+        gc.collect()  # the cell's tensors are garbage now; give the next cell the memory back
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    rel = str(err.relative_to(store.dir))
+    rec.status = "failed"
+    rec.error = f"{type(e).__name__}: {first}"[:300] + f" (see {rel})"
+    rec.artifacts["traceback"] = rel
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise ``CellTimeLimit`` in this (main) thread after ``seconds`` of wall time; None: no limit.
+
+    A signal, not a thread: Python runs the handler between bytecodes, so a cell stops within one
+    torch call of the limit, in the middle of whatever it was doing, and its traceback says where.
+    """
+    if seconds is None:
+        yield
+        return
+
+    def _expire(signum: int, frame: Any) -> None:
+        raise CellTimeLimit(f"the cell ran past its time limit of {seconds:g} s (--cell-time-limit)")
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _empty_log():
@@ -231,19 +309,9 @@ def _empty_log():
     return pd.DataFrame({"step": []})
 
 
-def _cost_metrics(spent: Spent) -> list[Metric]:
-    out = [metric("params", spent.params), metric("train_seconds", round(spent.seconds, 4))]
-    if spent.steps_per_second is not None:
-        out.append(metric("train_steps_per_s", spent.steps_per_second))
-    return out
-
-
 def _save_samples(path: Path, samples: torch.Tensor) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, samples=samples.numpy())
-    atomic_write_bytes(path, buf.getvalue())
+    """uint8 samples as a compressed .npz with a sha256 sidecar (``bench.io.read_npz`` checks it)."""
+    write_with_sidecar(path, lambda f: np.savez_compressed(f, samples=samples.numpy()))
 
 
 def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, device: torch.device,
@@ -272,81 +340,133 @@ def run_suite(
     seeds: list[int] | None = None,
     dry_run: bool = False,
     quiet: bool = False,
+    cell_time_limit: float | None = None,
 ) -> Path | None:
-    """Run every cell of a suite and write the report. Returns the run directory (None for a dry run)."""
+    """Run every cell of a suite and write the report. Returns the run directory (None for a dry run).
+
+    One process writes a run directory at a time (``RunLock``). A cell that raises, runs out of memory
+    or runs past ``cell_time_limit`` seconds is recorded as ``failed`` with its reason and traceback,
+    and the suite goes on.
+    """
     device = resolve_device(cfg.device)
     cells = plan(cfg, only, seeds)
+    if cell_time_limit is not None and not cell_time_limit > 0:
+        raise BenchError(f"--cell-time-limit must be a positive number of seconds, got {cell_time_limit}")
 
     # 1. where the output goes: a fresh directory, or the one being resumed
+    if dry_run and not resume:
+        print(describe_plan(cfg, cells, out or reports_root / cfg.name / "<new run id>", device))
+        return None
+    run_dir, lock, fresh = _claim_run_dir(cfg, out, reports_root, resume)
+    try:
+        if dry_run:
+            print(describe_plan(cfg, cells, run_dir, device))
+            return None
+        if lock.took_over and not quiet:
+            print(f"taking over the lock of a run that is no longer running ({describe_owner(lock.took_over)})")
+        for stale in remove_stale_temp_files(run_dir):  # half-finished writes of a killed run
+            if not quiet:
+                print(f"removed {stale.relative_to(run_dir)}, left by an interrupted write")
+
+        # 2. the run directory tells its own story
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        store = RunStore(run_dir)
+        env = environment(device)
+        if fresh:
+            atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+        if not (run_dir / "environment.json").is_file():  # also when a run was killed between the two
+            atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
+        run_id = run_dir.name
+
+        # 3. data once, then every cell not yet on disk
+        # evaluation always uses the whole dataset (the domain feature net is trained on the full train split);
+        # train_subset only limits what the models train on
+        ds = load_dataset(cfg.dataset.name, cfg.dataset.options)
+        train_ds = ds
+        if cfg.dataset.options.get("train_subset"):
+            ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
+        check_labels(cfg, ds)
+        if not quiet:
+            print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
+        store.records()  # a record that fails its checks stops a resume before anything runs
+        todo = [c for c in cells if not store.has_record(c.id)]
+        if resume and not quiet:
+            print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
+        t_start = time.perf_counter()
+        for i, cell in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            try:
+                with _time_limit(cell_time_limit):
+                    rec = run_cell(cell, cfg, train_ds, ds, store, run_id, device, env, suite_path.parent,
+                                   progress=not quiet)
+            except CellTimeLimit as e:
+                rec = _new_record(cell, cfg, run_id, env)
+                _record_failure(rec, store, e)
+            except KeyboardInterrupt:
+                raise BenchError(f"interrupted during {cell.id}; finished cells are kept: rerun with --resume --out {run_dir}") from None
+            fault_point(f"record:{cell.id}")
+            store.write_record(rec)
+            if not quiet:
+                print(f"[{i}/{len(todo)}] {cell.id}: {rec.status}{' (' + rec.error + ')' if rec.error else ''} "
+                      f"in {time.perf_counter() - t0:.1f}s; {_headline(rec)}", flush=True)
+        if not quiet:
+            print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
+
+        # 4. derived outputs
+        from bench.report import write_report
+
+        fault_point(f"report:{run_id}")
+        write_report(run_dir)
+        return run_dir
+    finally:
+        lock.release()
+
+
+def _claim_run_dir(cfg: SuiteConfig, out: Path | None, reports_root: Path, resume: bool) -> tuple[Path, RunLock, bool]:
+    """The run directory, locked for this process, and whether the run starts afresh there.
+
+    ``--resume`` takes the latest run of the suite or ``--out DIR``; a DIR that a run created but was
+    killed in before it wrote ``suite.yaml`` holds nothing yet, and the run starts there. Without
+    ``--resume``, ``--out DIR`` must be new or empty: run directories are never overwritten.
+    """
     if resume:
         run_dir = out or latest_run_dir(reports_root, cfg.name)
-        if run_dir is None or not (run_dir / "suite.yaml").is_file():
-            raise BenchError(f"--resume: no earlier run of suite {cfg.name!r} under {reports_root / cfg.name}; run without --resume")
-        before = yaml.safe_load((run_dir / "suite.yaml").read_text())
-        if before != json.loads(cfg.model_dump_json()):
-            raise BenchError(f"--resume: {run_dir} was run with a different suite config; start a new run instead")
-    elif dry_run:
-        run_dir = out or reports_root / cfg.name / "<new run id>"
-    else:
-        if out is not None:
-            if out.exists() and any(out.iterdir()):
-                raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
-            out.mkdir(parents=True, exist_ok=True)
-            run_dir = out
-        else:
-            run_dir = new_run_dir(reports_root, cfg.name)
-
-    if dry_run:
-        print(describe_plan(cfg, cells, run_dir, device))
-        return None
-
-    # 2. the run directory tells its own story
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    store = RunStore(run_dir)
-    env = environment(device)
-    if not resume:
-        atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
-    run_id = run_dir.name
-
-    # 3. data once, then every cell not yet on disk
-    # evaluation always uses the whole dataset (the domain feature net is trained on the full train split);
-    # train_subset only limits what the models train on
-    ds = load_dataset(cfg.dataset.name, cfg.dataset.options)
-    train_ds = ds
-    if cfg.dataset.options.get("train_subset"):
-        ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
-    if not quiet:
-        print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
-    todo = [c for c in cells if not store.has_record(c.id)]
-    if resume and not quiet:
-        print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
-    t_start = time.perf_counter()
-    for i, cell in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        try:
-            rec = run_cell(cell, cfg, train_ds, ds, store, run_id, device, env, suite_path.parent, progress=not quiet)
-        except KeyboardInterrupt:
-            raise BenchError(f"interrupted during {cell.id}; finished cells are kept: rerun with --resume --out {run_dir}") from None
-        store.write_record(rec)
-        if not quiet:
-            print(f"[{i}/{len(todo)}] {cell.id}: {rec.status}{' (' + rec.error + ')' if rec.error else ''} "
-                  f"in {time.perf_counter() - t0:.1f}s; {_headline(rec)}", flush=True)
-    if not quiet:
-        print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
-
-    # 4. derived outputs
-    from bench.report import write_report
-
-    write_report(run_dir)
-    return run_dir
+        if run_dir is None or not run_dir.is_dir():
+            where = f"--out {out}: no such directory" if out else f"no earlier run of suite {cfg.name!r} under " \
+                    f"{reports_root / cfg.name}"
+            raise BenchError(f"--resume: {where}; run without --resume")
+        lock = RunLock(run_dir).acquire()
+        fresh = not (run_dir / "suite.yaml").is_file()
+        if fresh and any((run_dir / "records").glob("*.json")):
+            lock.release()
+            raise BenchError(f"--resume: {run_dir} has records but no suite.yaml; it was not written by bench run")
+        if not fresh:
+            before = yaml.safe_load((run_dir / "suite.yaml").read_text())
+            if before != json.loads(cfg.model_dump_json()):
+                lock.release()
+                raise BenchError(f"--resume: {run_dir} was run with a different suite config; start a new run instead")
+        return run_dir, lock, fresh
+    if out is None:
+        run_dir = new_run_dir(reports_root, cfg.name)
+        return run_dir, RunLock(run_dir).acquire(), True
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(p.name != LOCK_NAME and not p.name.endswith(".tmp") for p in out.iterdir()):
+        holder = lock_holder(out)
+        if holder is not None:
+            raise BenchError(f"--out {out}: being written by another bench process ({describe_owner(holder)})")
+        raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten "
+                         f"(--resume --out {out} finishes an interrupted run)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, RunLock(out).acquire(), True
 
 
 def _headline(rec: CellRecord) -> str:
-    keys = ["fid_domain", "nll_bpd_exact", "nll_bpd_iwae", "nll_bpd_elbo", "samples_per_s", "modes_covered"]
-    parts = [f"{m.name}={m.value:.4g}" for k in keys for m in rec.metrics if m.name == k and m.value is not None]
-    return ", ".join(parts)
+    """One line per finished cell: the metric standing for quality, coverage, likelihood and speed (their axes)."""
+    values = {m.name: m.value for m in rec.metrics if m.value is not None}
+    names = [axis(role, set(values)) for role in ("quality", "coverage", "likelihood", "speed")]
+    return ", ".join(f"{n}={values[n]:.4g}" for n in names if n)

@@ -10,18 +10,31 @@ A run directory tells its own story (STYLE.md #6)::
 
 Every file is written to a temporary name and renamed, so a killed run leaves either
 the old file or the new one, never half of one; an interrupted run loses at most the
-cell in flight.
+cell in flight. A record has a sha256 sidecar and is schema-checked when read back, so
+a truncated or edited record is reported, never read as valid. One process at a time
+writes a run directory: ``RunLock`` refuses a second one and names the first.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
+import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from bench.errors import BenchError
-from bench.io import atomic_write_json
+from bench.io import read_verified, sidecar, write_with_sidecar
 from bench.results import CellRecord
+
+LOCK_NAME = ".bench.lock"
+_RECORD = TypeAdapter(CellRecord)  # the record schema is the dataclass itself: one definition, no copy
 
 
 def new_run_dir(base: Path, suite: str) -> Path:
@@ -63,16 +76,54 @@ class RunStore:
         return self.path("records", cell, "json").is_file()
 
     def write_record(self, rec: CellRecord) -> None:
-        atomic_write_json(self.path("records", rec.cell_id, "json"), rec.to_dict())
+        """The record and its sha256 sidecar (sidecar first: a kill in between leaves no record, so the cell reruns)."""
+        text = json.dumps(rec.to_dict(), indent=1, allow_nan=False) + "\n"
+        write_with_sidecar(self.path("records", rec.cell_id, "json"), lambda f: f.write(text.encode()))
 
     def records(self) -> list[CellRecord]:
+        """Every finished cell, each checked against its sidecar and the record schema."""
         out = []
         for p in sorted(self.records_dir.glob("*.json")):
-            try:
-                out.append(CellRecord.from_dict(json.loads(p.read_text())))
-            except (json.JSONDecodeError, TypeError, KeyError) as e:
-                raise BenchError(f"{p}: not a valid cell record ({e}); delete it and rerun with --resume") from None
+            rec = read_record(p)
+            if p.stem != rec.cell_id:
+                raise BenchError(f"{p}: holds the record of {rec.cell_id}, not {p.stem}; {_RECORD_FIX}")
+            out.append(rec)
         return out
+
+
+_RECORD_FIX = "delete it (and its .sha256) and rerun with --resume to recompute that cell"
+
+
+def read_record(path: Path) -> CellRecord:
+    """One record file: sha256 against its sidecar (records from before sidecars: schema only), then the schema."""
+    data, _ = read_verified(path) if sidecar(path).is_file() else (path.read_bytes(), "")
+    return parse_record(data, str(path), f"; {_RECORD_FIX}")
+
+
+def parse_record(data: bytes | str | dict, where: str, fix: str = "") -> CellRecord:
+    """A cell record from JSON (text or already parsed), checked field by field against ``CellRecord``.
+
+    A wrong type, a missing field, an unknown status or a non-finite metric value is a one-line BenchError.
+    """
+    try:
+        text = data if isinstance(data, (bytes, str)) else json.dumps(data, allow_nan=True)
+        rec = _RECORD.validate_json(text, strict=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = err["loc"]
+        if len(loc) == 3 and loc[0] == "metrics" and loc[2] == "value" and isinstance(data, dict):
+            name = data["metrics"][loc[1]].get("name")
+            detail = f"metric {name!r}: value {err['input']!r} is not a number"
+        else:
+            detail = f"{'.'.join(str(x) for x in loc) or 'top level'}: {err['msg']}"
+        raise BenchError(f"{where} is not a cell record ({detail}){fix}") from None
+    except (TypeError, ValueError) as e:
+        raise BenchError(f"{where} is not a cell record ({e}){fix}") from None
+    for m in rec.metrics:
+        if m.value is not None and not math.isfinite(m.value):
+            raise BenchError(f"{where} is not a cell record (metric {m.name!r} is {m.value}; bench writes null "
+                             f"for a non-finite value){fix}")
+    return rec
 
 
 def load_results(path: str | Path) -> tuple[dict[str, Any], list[CellRecord]]:
@@ -98,17 +149,90 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], list[CellRecord]]:
         raise BenchError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise BenchError(f"{file}: expected a JSON object with a 'records' list (the results.json of a run)")
-    records = [_record(file, i, r) for i, r in enumerate(data["records"])]
+    records = [parse_record(r, f"{file}: records[{i}]") for i, r in enumerate(data["records"])]
     return {k: v for k, v in data.items() if k != "records"}, records
 
 
-def _record(file: Path, i: int, raw: Any) -> CellRecord:
-    """One record, checked enough that code reading it cannot crash on it."""
+# ----------------------------------------------------------------------------- one writer per run directory
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a run writes it.
+
+    ``fcntl.flock`` on ``<run>/.bench.lock`` decides: the kernel drops the lock when its process dies,
+    however it dies, so a lock left by a killed run is always free again ("stale") and taken over. The
+    file holds the owner's pid, host, start time and command line, so a refusal names the live process.
+    The file itself stays (emptied) when the run ends: unlinking a lock file races with a process
+    that has just opened it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+        self.took_over: dict[str, Any] | None = None  # the previous owner when its lock was stale
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BenchError(f"{self.path}: cannot lock the run directory ({e.strerror}); "
+                                 "is it on a file system without locks?") from None
+            raise BenchError(f"{self.path.parent} is being written by another bench process "
+                             f"({describe_owner(_owner(self.path))}); wait for it to finish or stop it, "
+                             "or use another --out") from None
+        previous = _owner(self.path)
+        if previous:
+            self.took_over = previous
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "argv": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_holder(run_dir: Path) -> dict[str, Any] | None:
+    """The live process that holds ``run_dir``'s lock (pid, host, started, argv), or None; changes nothing."""
+    path = Path(run_dir) / LOCK_NAME
     try:
-        rec = CellRecord.from_dict(raw)
-    except (TypeError, KeyError, AttributeError, ValueError) as e:
-        raise BenchError(f"{file}: records[{i}] is not a cell record ({e})") from None
-    for m in rec.metrics:
-        if m.value is not None and (isinstance(m.value, bool) or not isinstance(m.value, (int, float))):
-            raise BenchError(f"{file}: records[{i}] ({rec.model}) metric {m.name!r}: value {m.value!r} is not a number")
-    return rec
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _owner(path) or {}
+    finally:
+        os.close(fd)  # also drops the shared lock taken just to test
+    return None
+
+
+def _owner(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text() or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    """``pid 123 on host h, started ...: argv`` for messages about a lock."""
+    if not owner:
+        return "pid unknown"
+    cmd = " ".join(str(a) for a in owner.get("argv") or [])[:120]
+    return f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}: {cmd}"

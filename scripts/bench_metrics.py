@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.data import load_dataset  # noqa: E402
-from bench.metrics import coverage, features  # noqa: E402
+from bench.metrics import caches, coverage, domain, fidelity  # noqa: E402
 from bench.metrics.quality import QualityOptions, evaluate_quality, quick_quality  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -67,7 +67,7 @@ def _naive(gen: torch.Tensor, real: torch.Tensor, net_path: Path, opts: QualityO
     import torch_fidelity
 
     common = dict(input1=Images(gen), input2=Images(real), cuda=False, verbose=False, cache=False, batch_size=batch_size,
-                  feature_extractor=features.DOMAIN_EXTRACTOR, feature_extractor_weights_path=str(net_path))
+                  feature_extractor=fidelity.DOMAIN_EXTRACTOR, feature_extractor_weights_path=str(net_path))
     out, t = {}, {}
     out["fid"], t["fid"] = timed(lambda: torch_fidelity.calculate_metrics(fid=True, **common))
     out["kid"], t["kid"] = timed(lambda: torch_fidelity.calculate_metrics(
@@ -75,7 +75,7 @@ def _naive(gen: torch.Tensor, real: torch.Tensor, net_path: Path, opts: QualityO
     out["prc"], t["prc"] = timed(lambda: torch_fidelity.calculate_metrics(prc=True, **common))
 
     def dc() -> tuple[float, float]:
-        ext = features.DomainFeatureExtractor(features.DOMAIN_EXTRACTOR, ["features"], feature_extractor_weights_path=str(net_path))
+        ext = fidelity.DomainFeatureExtractor(fidelity.DOMAIN_EXTRACTOR, ["features"], feature_extractor_weights_path=str(net_path))
         with torch.no_grad():
             fg = torch.cat([ext(b)[0] for b in gen.split(batch_size)])
             fr = torch.cat([ext(b)[0] for b in real.split(batch_size)])
@@ -98,8 +98,8 @@ def main() -> None:
 
     report: dict[str, Any] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     ds = load_dataset("mnist")
-    path, t = timed(lambda: features.ensure_domain_net(ds))
-    info = features.load_domain_payload(path)["info"]
+    path, t = timed(lambda: domain.ensure_domain_net(ds))
+    info = domain.load_domain_payload(path)["info"]
     report["domain_net"] = {"file": path.name, "test_accuracy": info["test_accuracy"],
                             "build_wall_s": round(info["build_seconds"], 1), "build_cpu_s": round(info["build_cpu_seconds"], 1),
                             "load": t}
@@ -109,13 +109,13 @@ def main() -> None:
     opts = QualityOptions(n_reference=args.n)
 
     # cold: reference features not cached yet (first model of the first run); warm: every later model
-    ext = features.domain_extractor(ds, CPU)
-    ref_file = features.reference_path(ds, ext, min(args.n, len(ds.test_x)))
+    ext = fidelity.domain_extractor(ds, CPU)
+    ref_file = caches.reference_path(ds, ext, min(args.n, len(ds.test_x)))
     if ref_file.exists():
         ref_file.unlink()
-    features.clear_memory_caches()
+    fidelity.clear_memory_caches()
     ms, report["bench_cold"] = timed(lambda: evaluate_quality(gen, ds, opts, CPU))
-    features.clear_memory_caches()  # warm from disk, as a new process would be
+    fidelity.clear_memory_caches()  # warm from disk, as a new process would be
     ms, report["bench_warm"] = timed(lambda: evaluate_quality(gen, ds, opts, CPU))
     report["bench_values"] = {m.name: m.value for m in ms}
     report["bench_warm_breakdown"] = breakdown(gen, ds, opts)
@@ -136,10 +136,10 @@ def main() -> None:
         report[f"ratio_suite_{m}_models_cpu"] = round(m * nc / (c1 + (m - 1) * cw), 2)
 
     if args.inception:
-        ext_i, t = timed(lambda: features.inception_extractor(CPU))
+        ext_i, t = timed(lambda: fidelity.inception_extractor(CPU))
         x = ds.test_x[: args.inception]
-        features.extract(ext_i, x[:2], 2, CPU)  # warm-up
-        _, t = timed(lambda: features.extract(ext_i, x, 16, CPU))
+        ext_i.extract(x[:2], 2, CPU)  # warm-up
+        _, t = timed(lambda: ext_i.extract(x, 16, CPU))
         report["inception_images_per_s"] = {"images": len(x), **t, "img_per_s_wall": round(len(x) / t["wall_s"], 2),
                                             "img_per_s_per_cpu_s": round(len(x) / t["cpu_s"], 2)}
     report["load_avg_end"] = os.getloadavg()[0]
@@ -151,9 +151,9 @@ def breakdown(gen: torch.Tensor, ds, opts: QualityOptions) -> dict[str, dict[str
     from bench.metrics.quality import class_metrics, feature_metrics
 
     out = {}
-    ext = features.domain_extractor(ds, CPU)
-    feats, out["extract_generated"] = timed(lambda: features.extract(ext, gen, opts.batch_size, CPU))
-    ref, out["load_reference"] = timed(lambda: features.reference_features(ds, ext, opts.n_reference, opts.batch_size, CPU))
+    ext = fidelity.domain_extractor(ds, CPU)
+    feats, out["extract_generated"] = timed(lambda: ext.extract(gen, opts.batch_size, CPU))
+    ref, out["load_reference"] = timed(lambda: caches.reference_features(ds, ext, opts.n_reference, opts.batch_size, CPU))
     for name in ("fid", "kid", "precision_recall", "density_coverage"):
         o = opts.model_copy(update={"metrics": [name]})
         _, out[name] = timed(lambda: feature_metrics(feats["features"], ref, "domain", ext, o))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.metrics import metric_specs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,3 +56,14 @@ models:
   - {name: nb, family: naive_bayes}
   - {name: vae, family: vae, options: {iwae_k: 4, width: 8, latent_dim: 4}}
 """
+
+
+# what legitimately differs between two runs of the same cells: timings, and where they ran
+TIMING_METRICS = {s.name for s in metric_specs() if s.machine_dependent}  # timings, as their evaluators declare
+
+
+def comparable(rec: dict) -> dict:
+    """A record without what differs between two runs of the same cell: wall-clock and memory measurements."""
+    spent = {k: v for k, v in rec["spent"].items() if not k.endswith("seconds") and k != "peak_memory_mb"}
+    metrics = {m["name"]: m["value"] for m in rec["metrics"] if m["name"] not in TIMING_METRICS}
+    return {"model": rec["model"], "seed": rec["seed"], "status": rec["status"], "spent": spent, "metrics": metrics}

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from bench.config import Budget
 from bench.data import load_dataset
-from bench.errors import BenchError
 from bench.families.autoregressive import Autoregressive, AutoregressiveOptions, autoregress, scale_in
 from bench.families.base import DataSpec
 from bench.train import TrainContext, train
@@ -106,9 +105,27 @@ def test_samples_shape_range_determinism_and_nfe():
     assert m.nfe_per_sample == 64
 
 
-def test_multichannel_images_are_refused():
-    with pytest.raises(BenchError, match="1-channel"):
-        Autoregressive(DataSpec("image", (3, 8, 8), 10, tuple([0.1] * 10)), AutoregressiveOptions())
+def test_colour_images_are_causal_normalised_and_sampled_from_the_network():
+    """3 channels: no channel of a pixel sees any channel of that pixel or later ones; summing P over one
+    channel's 256 values leaves the product of the other values' probabilities (channels of a pixel are
+    conditionally independent given the past); the cached sampler computes the network's logits."""
+    torch.manual_seed(4)
+    m = Autoregressive(DataSpec("image", (3, 4, 4), 10, tuple([0.1] * 10)), AutoregressiveOptions(**SMALL)).eval()
+    x = torch.randint(0, 256, (1, 3, 4, 4), generator=torch.Generator().manual_seed(3))
+    xs = scale_in(x).requires_grad_(True)
+    logits = m.net(xs)  # (1, 4, 4, 3 * 256)
+    (g,) = torch.autograd.grad(logits[0, 2, 1].sum(), xs)
+    dep = (g[0] != 0).any(0)  # (H, W): pixels any channel of which the logits at (2, 1) read
+    assert dep[2, 0] and dep[1, 2] and not dep[2, 1:].any() and not dep[3].any()
+    batch = x.repeat(256, 1, 1, 1)
+    batch[:, 1, 3, 3] = torch.arange(256)  # every value of the green channel of the last pixel
+    lp = m.log_likelihood(batch.to(torch.uint8), torch.Generator())[0].log_prob.double()
+    per_value = F.log_softmax(logits.detach()[0].double().view(4, 4, 3, 256), -1)  # (H, W, C, 256)
+    picked = per_value.gather(-1, x[0].permute(1, 2, 0)[..., None]).squeeze(-1)  # (H, W, C)
+    assert abs(torch.logsumexp(lp, 0).item() - (picked.sum() - picked[3, 3, 1]).item()) < 1e-4
+    values, cached = autoregress(m.net, (4, 4), 1, None, given=x)
+    assert torch.equal(values, x) and torch.allclose(cached, logits.detach(), atol=1e-5)
+    assert m.sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 4, 4)
 
 
 def test_even_kernel_is_refused():

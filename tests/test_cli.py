@@ -16,6 +16,10 @@ def test_list_shows_families_datasets_and_metric_metadata():
     for family in ("naive_bayes", "vae", "gan", "flow", "autoregressive", "diffusion", "flow_matching"):
         assert f"\n  {family} " in r.stdout
     assert "fid_domain" in r.stdout and "lower is better" in r.stdout and "kind=lower_bound" in r.stdout
+    for evaluator in ("quality", "likelihood", "speed", "stability", "cost (always)"):
+        assert f"\n  {evaluator}: " in r.stdout
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("samples_per_s ")]
+    assert "speed" in line and "machine-dependent" in line and "unit=samples/s" in line
 
 
 @pytest.fixture(scope="module")

@@ -186,19 +186,32 @@ def test_noise_sigmas_comes_from_current_config(tmp_path):
 
 
 def test_informational_metrics_never_regress(tmp_path):
-    base = write_run(tmp_path / "b", [rec("m", 0, {"params_count": (100.0, INFO), "sample_samples_per_s": (500.0, COV),
-                                                   "wall": (2.0, dict(unit="s", higher_is_better=False))})])
-    cur = write_run(tmp_path / "c", [rec("m", 0, {"params_count": (1e6, INFO), "sample_samples_per_s": (5.0, COV),
-                                                  "wall": (200.0, dict(unit="s", higher_is_better=False))})])
-    result = compare_runs(base, cur)
+    """No direction, a timing (machine-dependent in its record or its registered metadata), or a name the
+    suite's compare.ignore lists: shown, never a regression."""
+    timing = Metric("sample_speed", 500.0, "samples/s", "value", True, machine_dependent=True)
+    base = write_run(tmp_path / "b", [rec("m", 0, {"params_count": (100.0, INFO), "wall": (2.0, NLL)})])
+    cur = write_run(tmp_path / "c", [rec("m", 0, {"params_count": (1e6, INFO), "wall": (200.0, NLL)})])
+    for run, v in ((base, 500.0), (cur, 5.0)):
+        data = json.loads((run / "results.json").read_text())
+        data["records"][0]["metrics"].append({**timing.to_dict(), "value": v})
+        (run / "results.json").write_text(json.dumps(data))
+    result = compare_runs(base, cur, CompareOptions(ignore=["wall"]))
     assert verdicts(result) == {("m", "params_count"): "informational",
-                                ("m", "sample_samples_per_s"): "informational",  # name pattern *per_s
-                                ("m", "wall"): "informational"}  # unit "s"
+                                ("m", "sample_speed"): "informational",  # machine_dependent in its record
+                                ("m", "wall"): "informational"}  # compare.ignore
     assert result.exit_code == 0
-    # Turning the ignore lists off makes the speed figures count again.
-    strict = compare_runs(base, cur, CompareOptions(ignore=[], ignore_units=[]))
-    assert verdicts(strict)[("m", "sample_samples_per_s")] == "regression"
-    assert verdicts(strict)[("m", "params_count")] == "informational"
+    assert "machine-dependent" in next(r.rule for r in result.rows if r.metric == "sample_speed")
+    # without the ignore entry the 100x slower wall time counts; the timing never does
+    plain = verdicts(compare_runs(base, cur, CompareOptions()))
+    assert plain[("m", "wall")] == "regression" and plain[("m", "sample_speed")] == "informational"
+
+
+def test_registered_timings_are_never_judged_even_if_the_record_says_otherwise(tmp_path):
+    import bench.metrics  # noqa: F401  (samples_per_s is declared machine-dependent by the speed evaluator)
+
+    base = write_run(tmp_path / "b", [rec("m", 0, {"samples_per_s": (500.0, COV)})])
+    cur = write_run(tmp_path / "c", [rec("m", 0, {"samples_per_s": (5.0, COV)})])  # records lack the flag
+    assert verdicts(compare_runs(base, cur)) == {("m", "samples_per_s"): "informational"}
 
 
 def test_registry_direction_wins_over_record(tmp_path):

@@ -7,11 +7,13 @@ Tests that break files point ``BENCH_CACHE`` at a tmp dir.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
 import shutil
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -409,3 +411,242 @@ def test_mixture_log_prob_matches_scipy():
         np.mean([multivariate_normal(m, 0.25 * np.eye(2)).pdf(x.numpy()) for m in mix.means.numpy()], axis=0)
     )
     assert np.allclose(mix.log_prob(x).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+# --- your own data: npz and folder loaders (bench.data.files) -------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+NHWC, NCHW, GRAY = (lambda x: x.transpose(0, 3, 1, 2)), (lambda x: x), (lambda x: x[:, None])
+
+
+@pytest.mark.parametrize("shape,to_nchw", [((28, 28), GRAY), ((32, 32, 3), NHWC), ((3, 30, 30), NCHW), ((29, 29, 1), NHWC)])
+def test_npz_layouts_become_nchw(tmp_path, cache, shape, to_nchw):
+    x = _images(20, shape)
+    np.savez(tmp_path / "d.npz", x=x)
+    ds = load_dataset("npz", {"path": str(tmp_path / "d.npz")})
+    assert ds.train_x.dtype == torch.uint8 and not ds.has_labels and ds.num_classes == 0
+    order = torch.argsort(torch.cat([ds.indices["train"], ds.indices["test"]]))
+    both = torch.cat([ds.train_x, ds.test_x])[order]  # back in file order
+    assert np.array_equal(both.numpy(), to_nchw(x))  # every example exactly once, pixels unchanged
+
+
+def test_npz_made_split_is_seeded_disjoint_and_cached(tmp_path, cache):
+    x, y = _images(50, (8, 8, 3)), np.arange(50) % 4
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    opts = {"path": str(tmp_path / "d.npz"), "test_fraction": 0.3, "split_seed": 7}
+    a, b = load_dataset("npz", opts), load_dataset("npz", opts)
+    assert a.meta["cache_hit"] is False and b.meta["cache_hit"] is True and a.meta["cache_sha256"] == b.meta["cache_sha256"]
+    assert torch.equal(a.test_x, b.test_x) and len(a.test_x) == 15 and a.num_classes == 4
+    tr, te = set(a.indices["train"].tolist()), set(a.indices["test"].tolist())
+    assert not tr & te and tr | te == set(range(50))
+    assert torch.equal(a.test_y, torch.from_numpy(y)[a.indices["test"]])
+    c = load_dataset("npz", {**opts, "split_seed": 8})
+    assert not torch.equal(c.indices["test"], a.indices["test"])
+    np.savez(tmp_path / "d.npz", x=x[::-1].copy(), y=y)  # new content -> a new cache entry, not the stale one
+    assert load_dataset("npz", opts).meta["cache_hit"] is False
+
+
+def test_npz_given_split_and_labels(tmp_path, cache):
+    np.savez(tmp_path / "d.npz", x=_images(12, (28, 28)), y=np.arange(12) % 3, x_test=_images(5, (28, 28), 1),
+             y_test=np.array([0, 1, 2, 0, 1], np.int32))
+    ds = load_dataset("npz", {"path": str(tmp_path / "d.npz")})
+    assert ds.meta["split"] == "given" and not ds.indices and len(ds.test_x) == 5 and ds.num_classes == 3
+    assert ds.test_y.dtype == torch.int64 and ds.has_labels
+    with pytest.raises(BenchError, match="comes with a test split: remove dataset.test_fraction"):
+        load_dataset("npz", {"path": str(tmp_path / "d.npz"), "test_fraction": 0.2})
+    with pytest.raises(BenchError, match=r"label 2 is out of range for num_classes=2"):
+        load_dataset("npz", {"path": str(tmp_path / "d.npz"), "num_classes": 2})
+
+
+BAD_NPZ = [
+    (dict(x=np.zeros((4, 8, 8), np.float32)), "images must be uint8"),
+    (dict(x=_images(4, (8, 8)), y=np.array([0, 1, -1, 0])), "negative label"),
+    (dict(x=_images(4, (8, 8)), y=np.array([0.0, 1, 1, 0])), "y must be integer labels"),
+    (dict(x=_images(4, (8, 8)), y=np.array([0, 1, 1])), r"y must be integer labels of shape \(4,\)"),
+    (dict(x=_images(4, (8, 8, 4))), "cannot tell where the channels are"),
+    (dict(x=_images(4, (3, 8, 3))), "cannot tell where the channels are"),
+    (dict(x=_images(4, (2, 8, 8, 3))), r"must be \(N, H, W\), \(N, H, W, C\) or \(N, C, H, W\)"),
+    (dict(images=_images(4, (8, 8))), r"holds arrays \['images'\]; bench reads x"),
+    (dict(x=_images(4, (8, 8)), y_test=np.zeros(2, int)), "has y_test but no x_test"),
+    (dict(x=_images(4, (8, 8)), y=np.zeros(4, int), x_test=_images(2, (8, 8))), "label both splits or neither"),
+    (dict(x=_images(4, (8, 8)), x_test=_images(2, (9, 9))), "x images are .* but x_test images are"),
+    (dict(x=np.array([None] * 4, dtype=object)), "not a readable .npz|Python objects"),
+]
+
+
+@pytest.mark.parametrize("arrays,message", BAD_NPZ, ids=[m[:30] for _, m in BAD_NPZ])
+def test_npz_malformed_is_one_line_error(tmp_path, cache, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays, allow_pickle=True) if any(a.dtype == object for a in arrays.values()) else np.savez(path, **arrays)
+    with pytest.raises(BenchError, match=message) as err:
+        load_dataset("npz", {"path": str(path)})
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_npz_huge_declared_shape_and_garbage(tmp_path, cache):
+    """A header that declares a ~3 TB array over 12 KB of data is refused before numpy allocates anything."""
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 32, 32, 3)})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", buf.getvalue() + _images(4, (32, 32, 3)).tobytes())
+    with pytest.raises(BenchError, match=r"declares shape \(1000000000, 32, 32, 3\)") as err:
+        load_dataset("npz", {"path": str(path)})
+    assert "\n" not in str(err.value)
+    with zipfile.ZipFile(path, "w") as zf:  # a plausible size that the data do not fill: truncated
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (5, 32, 32, 3)})
+        zf.writestr("x.npy", buf.getvalue() + _images(4, (32, 32, 3)).tobytes())
+    with pytest.raises(BenchError, match="holds 12288 bytes; the file is truncated"):
+        load_dataset("npz", {"path": str(path)})
+    path.write_bytes(b"not a zip")
+    with pytest.raises(BenchError, match="not a readable .npz file"):
+        load_dataset("npz", {"path": str(path)})
+    with pytest.raises(BenchError, match="cannot read it"):
+        load_dataset("npz", {"path": str(tmp_path / "missing.npz")})
+
+
+def _png_folder(root: Path, layout: dict[str, int], size: int = 8, mode: str = "RGB", prefix: str = "") -> None:
+    """layout: relative folder -> number of images to write there (named <prefix><i>.png)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (size, size, 3) if mode == "RGB" else (size, size)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode).save(root / folder / f"{prefix}{i}.png")
+
+
+def test_folder_class_subfolders_and_given_split(tmp_path, cache):
+    from PIL import Image
+
+    _png_folder(tmp_path / "a", {"cat": 4, "dog": 6})
+    ds = load_dataset("folder", {"root": str(tmp_path / "a"), "test_fraction": 0.5})
+    assert ds.num_classes == 2 and ds.meta["classes"] == ["cat", "dog"] and ds.shape == (3, 8, 8)
+    pos = torch.cat([ds.indices["train"], ds.indices["test"]])
+    labels = torch.cat([ds.train_y, ds.test_y])[torch.argsort(pos)]
+    assert labels.tolist() == [0] * 4 + [1] * 6  # sorted class folder names -> 0, 1
+    first = np.asarray(Image.open(tmp_path / "a" / "cat" / "0.png")).transpose(2, 0, 1)
+    assert np.array_equal(torch.cat([ds.train_x, ds.test_x])[torch.argsort(pos)][0].numpy(), first)
+    _png_folder(tmp_path / "b", {"train/x": 3, "train/y": 3, "test/x": 2, "test/y": 1}, mode="L")
+    ds = load_dataset("folder", {"root": str(tmp_path / "b")})
+    assert ds.meta["split"] == "given" and ds.test_y.tolist() == [0, 0, 1] and ds.shape == (1, 8, 8)
+    ds = load_dataset("folder", {"root": str(tmp_path / "b"), "labels": "none", "channels": 3})
+    assert not ds.has_labels and ds.shape == (3, 8, 8) and int(ds.train_y.max()) == 0
+
+
+def test_folder_malformed_is_one_line_error(tmp_path, cache):
+    def fails(root: Path, message: str, **opts) -> None:
+        with pytest.raises(BenchError, match=message) as err:
+            load_dataset("folder", {"root": str(root), **opts})
+        assert "\n" not in str(err.value)
+
+    (tmp_path / "empty").mkdir()
+    fails(tmp_path / "empty", "no images found")
+    fails(tmp_path / "nowhere", "is not a folder")
+    _png_folder(tmp_path / "mixed_size", {"": 2})
+    _png_folder(tmp_path / "mixed_size", {"": 1}, size=9, prefix="z")
+    fails(tmp_path / "mixed_size", "images must share one size")
+    _png_folder(tmp_path / "mixed_mode", {"": 2})
+    _png_folder(tmp_path / "mixed_mode", {"": 1}, mode="L", prefix="a")
+    fails(tmp_path / "mixed_mode", r"set dataset.channels: 1 or 3")
+    assert load_dataset("folder", {"root": str(tmp_path / "mixed_mode"), "channels": 3}).shape == (3, 8, 8)
+    _png_folder(tmp_path / "rgba", {"": 2}, mode="RGBA")
+    fails(tmp_path / "rgba", "image mode RGBA")
+    _png_folder(tmp_path / "text", {"": 2})
+    (tmp_path / "text" / "notes.txt").write_text("hello")
+    fails(tmp_path / "text", "notes.txt: not a PNG or JPEG file")
+    _png_folder(tmp_path / "broken", {"": 2})
+    (tmp_path / "broken" / "9.png").write_bytes(b"\x89PNG garbage")
+    fails(tmp_path / "broken", "9.png: not a readable image")
+    _png_folder(tmp_path / "both", {"": 2, "cls": 2})
+    fails(tmp_path / "both", "holds both files")
+    _png_folder(tmp_path / "flat", {"": 2})
+    fails(tmp_path / "flat", "no class subfolders", labels="subfolders")
+    _png_folder(tmp_path / "classes", {"train/a": 2, "train/b": 2, "test/a": 1, "test/c": 1})
+    fails(tmp_path / "classes", "different class folders")
+
+
+def test_folder_corrupted_cache_is_named_not_replaced(tmp_path, cache):
+    _png_folder(tmp_path / "a", {"": 6})
+    ds = load_dataset("folder", {"root": str(tmp_path / "a")})
+    cached = Path(ds.meta["cache"])
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one pixel byte
+    cached.write_bytes(bytes(data))
+    with pytest.raises(BenchError, match=rf"{cached}: sha256 is .*delete it"):
+        load_dataset("folder", {"root": str(tmp_path / "a")})
+
+
+# --- checks on every loader's output, and the validation split -------------------------------------
+
+
+def test_validation_split_is_carved_from_train_with_recorded_indices(tmp_path, cache):
+    x, y = _images(100, (8, 8)), np.arange(100) % 5
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    opts = {"path": str(tmp_path / "d.npz"), "validation": {"fraction": 0.25, "seed": 3}}
+    full = load_dataset("npz", opts)
+    val = load_dataset("npz", opts, split="validation")
+    assert val.split == "validation" and full.split == "test"
+    tr, va, te = (set(t.tolist()) for t in (val.indices["train"], val.indices["test"], full.indices["test"]))
+    assert not tr & va and not va & te and not tr & te  # disjoint, on indices of the examples the loader read
+    assert tr | va == set(full.indices["train"].tolist()) and len(va) == 20  # 25% of the 80 training examples
+    assert torch.equal(val.test_x, torch.from_numpy(x[:, None])[val.indices["test"]])
+    again = load_dataset("npz", opts, split="validation")
+    assert torch.equal(again.indices["test"], val.indices["test"])
+    other = load_dataset("npz", {**opts, "validation": {"size": 20, "seed": 4}}, split="validation")
+    assert len(other.test_x) == 20 and not torch.equal(other.indices["test"], val.indices["test"])
+    with pytest.raises(BenchError, match="fraction or size, not both"):
+        load_dataset("npz", {**opts, "validation": {"size": 20, "fraction": 0.1}}, split="validation")
+    with pytest.raises(BenchError, match="leaves no training"):
+        load_dataset("npz", {**opts, "validation": {"size": 80}}, split="validation")
+
+
+def test_validation_split_of_a_given_split_and_its_own_reference_features():
+    """digits comes with its split: validation positions index its training split, and evaluation against
+    validation reads reference features keyed by the validation split's own fingerprint, never the test's."""
+    from bench.metrics.caches import reference_path
+
+    test = load_dataset("digits")
+    val = load_dataset("digits", {"validation": {"size": 300, "seed": 0}}, split="validation")
+    assert len(val.train_x) == 1200 and len(val.test_x) == 300 and not test.indices
+    assert torch.equal(val.test_x, test.train_x[val.indices["test"]])
+    assert torch.equal(val.train_x, test.train_x[val.indices["train"]])
+    ext = types.SimpleNamespace(key="some-extractor")  # reference_path reads only the extractor's key
+    assert reference_path(val, ext, 300) != reference_path(test, ext, 300)
+
+
+def test_every_loader_output_is_checked():
+    from bench.data import check_dataset
+
+    good = load_dataset("digits")
+
+    def bad(message: str, **change) -> None:
+        ds = Dataset(**{**{f: getattr(good, f) for f in ("name", "kind", "train_x", "train_y", "test_x", "test_y",
+                                                         "num_classes")}, **change})
+        with pytest.raises(BenchError, match=message):
+            check_dataset(ds, "mine")
+
+    bad("train_x must be uint8 images", train_x=good.train_x.float())
+    bad("with 1 or 3 channels", train_x=good.train_x.repeat(1, 2, 1, 1))
+    bad("test_y must be int64", test_y=good.test_y.int())
+    bad(r"train_y holds labels 0..9, expected 0..4", num_classes=5)
+    bad(r"expected 0 \(no labels\)", num_classes=0)
+    bad("the test split is empty", test_x=good.test_x[:0], test_y=good.test_y[:0])
+    bad("differ in shape", test_x=good.test_x[:, :, :4])
+    with pytest.raises(BenchError, match="returned a dict, not a bench.data.Dataset"):
+        check_dataset({}, "mine")
+    assert good.has_labels and Dataset("u", "image", good.train_x, good.train_y * 0, good.test_x, good.test_y * 0, 0).class_frequencies().tolist() == [1.0]

@@ -12,7 +12,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from bench.data import load_dataset
 from bench import io as bench_io
 from bench.errors import BenchError
-from bench.metrics import features, inception
+from bench.metrics import caches, domain, fidelity, inception
 
 CPU = torch.device("cpu")
 
@@ -23,15 +23,15 @@ def digits():
 
 
 def test_extractors_registered_with_torch_fidelity():
-    assert FEATURE_EXTRACTORS_REGISTRY[features.DOMAIN_EXTRACTOR] is features.DomainFeatureExtractor
-    assert FEATURE_EXTRACTORS_REGISTRY[features.IDENTITY_EXTRACTOR] is features.IdentityFeatureExtractor
+    assert FEATURE_EXTRACTORS_REGISTRY[fidelity.DOMAIN_EXTRACTOR] is fidelity.DomainFeatureExtractor
+    assert FEATURE_EXTRACTORS_REGISTRY[fidelity.IDENTITY_EXTRACTOR] is fidelity.IdentityFeatureExtractor
     with pytest.raises(ValueError, match="weights_path"):
-        features.DomainFeatureExtractor(features.DOMAIN_EXTRACTOR, ["features"])
+        fidelity.DomainFeatureExtractor(fidelity.DOMAIN_EXTRACTOR, ["features"])
 
 
 def test_domain_net_shapes():
     for size, ch, side in ((28, 16, 7), (8, 8, 4), (7, 8, 7)):  # channels double per stride-2 conv
-        net = features.DomainNet(1, size, 10, width=8, feat_dim=16)
+        net = domain.DomainNet(1, size, 10, width=8, feat_dim=16)
         f, logits = net(torch.rand(3, 1, size, size))
         assert f.shape == (3, 16) and logits.shape == (3, 10) and (f >= 0).all()
         assert net.fc.in_features == ch * side * side
@@ -39,7 +39,7 @@ def test_domain_net_shapes():
 
 def test_random_shift_moves_whole_images():
     x = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4) + 1
-    y = features.random_shift(x, 1, torch.Generator().manual_seed(0))
+    y = domain.random_shift(x, 1, torch.Generator().manual_seed(0))
     assert y.shape == x.shape
     for i in range(2):  # every output is a translate of its input with zero fill
         assert any(
@@ -49,9 +49,9 @@ def test_random_shift_moves_whole_images():
 
 
 def test_domain_net_training_is_deterministic(digits):
-    recipe = features.DomainRecipe(epochs=1, min_examples=3000)
-    a, info_a = features.train_domain_net(digits, recipe)
-    b, info_b = features.train_domain_net(digits, recipe)
+    recipe = domain.DomainRecipe(epochs=1, min_examples=3000)
+    a, info_a = domain.train_domain_net(digits, recipe)
+    b, info_b = domain.train_domain_net(digits, recipe)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     assert info_a["test_accuracy"] == info_b["test_accuracy"]
@@ -59,40 +59,69 @@ def test_domain_net_training_is_deterministic(digits):
 
 
 def test_digits_domain_net_passes_its_accuracy_floor(digits):
-    path = features.ensure_domain_net(digits)
-    info = features.load_domain_payload(path)["info"]
-    assert info["test_accuracy"] >= features.MIN_TEST_ACCURACY["digits"]
-    assert path.parent == features.features_dir() and features.DomainRecipe().tag in path.name
+    path = domain.ensure_domain_net(digits)
+    info = domain.load_domain_payload(path)["info"]
+    assert info["test_accuracy"] >= domain.MIN_TEST_ACCURACY["digits"]
+    assert path.parent == caches.features_dir() and domain.DomainRecipe().tag in path.name
 
 
 def test_accuracy_floor_fails_loudly(digits, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path))  # a fresh cache: force a build
-    tiny = features.DomainRecipe(epochs=1, min_examples=256, batch_size=128)
+    tiny = domain.DomainRecipe(epochs=1, min_examples=256, batch_size=128)
     with pytest.raises(BenchError, match=r"test accuracy < the required 99\.99%"):
-        features.ensure_domain_net(digits, min_accuracy=0.9999, recipe=tiny)
+        domain.ensure_domain_net(digits, min_accuracy=0.9999, recipe=tiny)
     assert not list(tmp_path.rglob("domain-*.pt"))  # a failed net is never cached
 
 
 def test_domain_net_cache_key_follows_the_data(digits):
-    p = features.domain_net_path(digits)
+    p = domain.domain_net_path(digits)
     sub = load_dataset("digits", {"train_subset": 1000})
-    assert features.domain_net_path(sub) != p  # another train split: another net
-    assert features.domain_net_path(load_dataset("digits")) == p  # same content, new tensors: same net
+    assert domain.domain_net_path(sub) != p  # another train split: another net
+    assert domain.domain_net_path(load_dataset("digits")) == p  # same content, new tensors: same net
+
+
+def test_cache_files_are_checked_against_their_sidecars(digits, tmp_path, monkeypatch):
+    """Domain net and reference features: a sha256 sidecar beside each; a corrupted file is a one-line error,
+    a file without its sidecar (a cache from before sidecars) is rebuilt."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    fidelity.clear_memory_caches()
+    tiny = domain.DomainRecipe(epochs=1, min_examples=256, batch_size=128)
+    net = domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny)
+    assert bench_io.sidecar(net).is_file() and bench_io.verify_sidecar(net)
+    blob = bytearray(net.read_bytes())
+    blob[-10] ^= 0xFF
+    net.write_bytes(bytes(blob))
+    with pytest.raises(BenchError, match=r"sha256 is .*delete it \(and its .sha256\) and run again") as e:
+        domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny)
+    assert "\n" not in str(e.value)
+    bench_io.sidecar(net).unlink()  # as a cache from before sidecars looks: rebuilt under the same name
+    assert domain.ensure_domain_net(digits, min_accuracy=0.1, recipe=tiny) == net and bench_io.verify_sidecar(net)
+    ext = fidelity.Extractor("domain", fidelity.IdentityFeatureExtractor(fidelity.IDENTITY_EXTRACTOR, ["features"]), "id")
+    ref = caches.reference_features(digits, ext, 50, 50, CPU)
+    caches.update_reference(ref, extra=torch.ones(3))  # a rewrite updates its sidecar too
+    path = caches.reference_path(digits, ext, 50)
+    fidelity.clear_memory_caches()
+    assert torch.equal(caches.reference_features(digits, ext, 50, 50, CPU)["extra"], torch.ones(3))
+    path.write_bytes(path.read_bytes()[:-1])
+    fidelity.clear_memory_caches()
+    with pytest.raises(BenchError, match="sha256 is"):
+        caches.reference_features(digits, ext, 50, 50, CPU)
+    fidelity.clear_memory_caches()
 
 
 def test_points_have_no_domain_net():
     toy = load_dataset("toy2d", {"n_train": 100, "n_test": 100})
     with pytest.raises(BenchError, match="points"):
-        features.ensure_domain_net(toy)
-    ext = features.domain_extractor(toy, CPU)
-    assert torch.equal(features.extract(ext, toy.test_x, 32, CPU)["features"], toy.test_x)
+        domain.ensure_domain_net(toy)
+    ext = fidelity.domain_extractor(toy, CPU)
+    assert torch.equal(ext.extract(toy.test_x, 32, CPU)["features"], toy.test_x)
 
 
 def test_domain_extractor_matches_the_net(digits):
-    ext = features.domain_extractor(digits, CPU)
+    ext = fidelity.domain_extractor(digits, CPU)
     x = digits.test_x[:37]
-    out = features.extract(ext, x, 10, CPU)  # uneven batches
-    net = features.load_domain_net(features.ensure_domain_net(digits))
+    out = ext.extract(x, 10, CPU)  # uneven batches
+    net = domain.load_domain_net(domain.ensure_domain_net(digits))
     with torch.no_grad():
         f, logits = net(x.float() / 255)
     assert torch.allclose(out["features"], f, atol=1e-5) and torch.allclose(out["logits"], logits, atol=1e-5)

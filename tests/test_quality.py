@@ -15,7 +15,7 @@ from scipy import linalg
 
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.metrics import features
+from bench.metrics import caches, domain, fidelity
 from bench.metrics.quality import QualityOptions, evaluate_quality, feature_metrics, fid_from_features, quick_quality
 from bench.results import METRICS
 
@@ -26,8 +26,8 @@ def _by_name(ms):
     return {m.name: m for m in ms}
 
 
-def _identity() -> features.Extractor:
-    return features.Extractor("domain", features.IdentityFeatureExtractor(features.IDENTITY_EXTRACTOR, ["features"]), "id")
+def _identity() -> fidelity.Extractor:
+    return fidelity.Extractor("domain", fidelity.IdentityFeatureExtractor(fidelity.IDENTITY_EXTRACTOR, ["features"]), "id")
 
 
 def _ref(real: torch.Tensor) -> dict:
@@ -58,8 +58,8 @@ def test_fid_matches_analytic_frechet_distance_with_identity_features():
     x = mu1 + torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(s1).T  # (n, d) ~ N(mu1, s1)
     y = mu2 + torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(s2).T
     ext = _identity()
-    fx = features.extract(ext, x.float(), 10_000, CPU)["features"]
-    fy = features.extract(ext, y.float(), 10_000, CPU)["features"]
+    fx = ext.extract(x.float(), 10_000, CPU)["features"]
+    fy = ext.extract(y.float(), 10_000, CPU)["features"]
     want = _frechet(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
     got = fid_from_features(fx, _ref(fy))
     # sampling error of an FID estimate with n = 50k in 4-D is ~1e-2 here; a wrong formula is off by O(1)
@@ -116,10 +116,10 @@ def test_fid_kid_pr_equal_a_direct_torch_fidelity_call(digits):
     samples = noisy.to(torch.uint8)
     opts = QualityOptions(metrics=["fid", "kid", "precision_recall"], kid_subsets=20, kid_subset_size=200, batch_size=100)
     ours = _by_name(evaluate_quality(samples, digits, opts, CPU))
-    path = features.ensure_domain_net(digits)
+    path = domain.ensure_domain_net(digits)
     theirs = torch_fidelity.calculate_metrics(
         input1=_Images(samples), input2=_Images(digits.test_x), cuda=False, batch_size=100,
-        fid=True, kid=True, prc=True, feature_extractor=features.DOMAIN_EXTRACTOR,
+        fid=True, kid=True, prc=True, feature_extractor=fidelity.DOMAIN_EXTRACTOR,
         feature_extractor_weights_path=str(path), kid_subsets=20, kid_subset_size=200,
         cache=False, verbose=False, save_cpu_ram=True,
     )
@@ -161,16 +161,16 @@ def test_one_class_generator_covers_one_class(digits):
 
 
 def test_reference_features_are_cached_on_disk_and_reused(digits):
-    ext = features.domain_extractor(digits, CPU)
-    features.clear_memory_caches()
-    ext = features.domain_extractor(digits, CPU)
-    path = features.reference_path(digits, ext, len(digits.test_x))
-    ref = features.reference_features(digits, ext, 10_000, 100, CPU)  # capped at the split size
+    ext = fidelity.domain_extractor(digits, CPU)
+    fidelity.clear_memory_caches()
+    ext = fidelity.domain_extractor(digits, CPU)
+    path = caches.reference_path(digits, ext, len(digits.test_x))
+    ref = caches.reference_features(digits, ext, 10_000, 100, CPU)  # capped at the split size
     assert ref["n"] == len(digits.test_x) and path.exists()
-    features.clear_memory_caches()
-    again = features.reference_features(digits, features.domain_extractor(digits, CPU), 10_000, 100, CPU)
+    fidelity.clear_memory_caches()
+    again = caches.reference_features(digits, fidelity.domain_extractor(digits, CPU), 10_000, 100, CPU)
     assert torch.equal(again["features"], ref["features"])
-    assert features.reference_path(digits, ext, 100) != path  # the sample count is part of the key
+    assert caches.reference_path(digits, ext, 100) != path  # the sample count is part of the key
 
 
 def test_toy2d_two_of_eight_modes():

@@ -13,17 +13,7 @@ from bench.config import load_suite
 from bench.errors import BenchError
 from bench.runner import run_suite
 from bench.store import RunStore, load_results
-from conftest import ROOT, TINY, run_cli
-
-# what legitimately differs between two runs of the same cells: timings, and where they ran
-TIMING_METRICS = {"samples_per_s", "train_steps_per_s", "train_seconds"}
-
-
-def _comparable(rec: dict) -> dict:
-    # Wall-clock and memory measurements differ run to run; everything else must match exactly.
-    spent = {k: v for k, v in rec["spent"].items() if not k.endswith("seconds") and k != "peak_memory_mb"}
-    metrics = {m["name"]: m["value"] for m in rec["metrics"] if m["name"] not in TIMING_METRICS}
-    return {"model": rec["model"], "seed": rec["seed"], "status": rec["status"], "spent": spent, "metrics": metrics}
+from conftest import ROOT, TINY, comparable as _comparable, run_cli
 
 
 def test_run_writes_one_record_per_cell_and_the_report(tmp_path, write_suite):

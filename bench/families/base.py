@@ -109,7 +109,7 @@ from torch import nn
 
 from bench.engine import TrainSettings
 from bench.errors import BenchError
-from bench.registry import Registry
+from bench.registry import Registry, check_class, describe
 
 if TYPE_CHECKING:
     from bench.engine import Engine
@@ -164,6 +164,9 @@ class GenerativeModel(nn.Module):
     adversarial: ClassVar[bool] = False  # alternating updates in an overridden training_step (GANs)
     train_defaults: ClassVar[TrainSettings] = TrainSettings()  # engine defaults; the suite's train: overrides
     sampling_options: ClassVar[frozenset[str]] = frozenset()  # options a sweep may change without retraining
+    # What a family class must define itself; bench.registry.check_class refuses a class from outside bench
+    # (import path or entry point) that leaves one of these at the base's value. Adapt when the contract changes.
+    required: ClassVar[tuple[str, ...]] = ("family", "sample", "loss|training_step")
 
     def __init__(self, spec: DataSpec, options: FamilyOptions):
         super().__init__()
@@ -392,7 +395,13 @@ class FamilyEntry:
     description: str
 
 
-FAMILIES: Registry[FamilyEntry] = Registry("family")
+def _external_family(obj: object, where: str) -> FamilyEntry:
+    """A family named by import path or entry point: checked against the interface, like a built-in."""
+    cls = check_class(obj, GenerativeModel, where, "family")
+    return FamilyEntry(cls, describe(cls))
+
+
+FAMILIES: Registry[FamilyEntry] = Registry("family", group="bench.families", adapt=_external_family)
 
 
 def register_family(name: str, cls: type[GenerativeModel]) -> type[GenerativeModel]:

@@ -1,4 +1,26 @@
-"""Metric modules; importing this package registers every metric name (see ``bench list``)."""
+"""Evaluators: one module per metric group, registered like the families (see ``bench.metrics.base``).
+
+Every built-in is registered here, in this order, and nowhere else: whoever reads the registry
+(config validation, the runner, the report, compare, ``bench list``) imports this package, so
+what is registered never depends on which module happened to import which. The order is the
+order evaluators run in and the order of the report's columns. Adding a metric group is one
+file plus one import line here.
+"""
 from __future__ import annotations
 
-from bench.metrics import coverage, likelihood, quality, speed, stability  # noqa: F401
+from bench.metrics.base import (
+    EVALUATORS,
+    EvalContext,
+    Evaluator,
+    EvaluatorOptions,
+    metric_specs,
+    register_evaluator,
+)
+
+from bench.metrics import quality  # noqa: F401,E402  (registers "quality")
+from bench.metrics import likelihood  # noqa: F401,E402  (registers "likelihood")
+from bench.metrics import speed  # noqa: F401,E402  (registers "speed")
+from bench.metrics import cost  # noqa: F401,E402  (registers "cost", run for every cell)
+from bench.metrics import stability  # noqa: F401,E402  (registers "stability")
+
+__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "EvaluatorOptions", "metric_specs", "register_evaluator"]

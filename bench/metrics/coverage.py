@@ -6,14 +6,14 @@
 * mode coverage on toy2d, from the known mixture (the protocol of VEEGAN, Srivastava et al.
   2017, and PacGAN, Lin et al. 2018: a sample is high quality within 3 std of a mode).
 
-FID, KID and precision/recall come from torch-fidelity (``bench.metrics.quality``).
+FID, KID and precision/recall come from torch-fidelity; the quality evaluator
+(``bench.metrics.quality``) declares every metric name and calls these functions.
 """
 from __future__ import annotations
 
 import torch
 
 from bench.data import Mixture
-from bench.results import register_metric
 
 # A class (toy2d: a mode) counts as covered when it receives at least this fraction of its
 # expected share of the samples: with 10,000 MNIST samples a digit needs >= 20% of ~1,000.
@@ -21,26 +21,6 @@ from bench.results import register_metric
 # over the other nine classes stay well below it) and far below a healthy model's share.
 MIN_SHARE = 0.2
 N_STD = 3.0  # toy2d: high quality = within N_STD standard deviations of the nearest mode
-
-for _space in ("domain", "inception"):
-    register_metric(f"density_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Density (Naeem et al. 2020, k=5) in the {_space} feature space: mean count of real "
-                                f"k-NN balls holding each sample, over k; 1 when samples match the data, >1 when clumped")
-    register_metric(f"coverage_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Coverage (Naeem et al. 2020, k=5) in the {_space} feature space: share of real "
-                                f"points whose k-NN ball holds at least one sample")
-register_metric("classes_covered", unit="classes", higher_is_better=True, group="quality",
-                description="Classes that get at least 20% of their expected share of samples (domain classifier)")
-register_metric("class_kl", unit="nats", higher_is_better=False, group="quality",
-                description="KL(predicted class histogram of samples || class frequencies of the data)")
-register_metric("classifier_score", unit="", higher_is_better=True, group="quality",
-                description="Inception-Score formula on the domain classifier: exp E[KL(p(y|x) || p(y))], 10 splits")
-register_metric("modes_covered", unit="modes", higher_is_better=True, group="quality",
-                description="toy2d: mixture modes that get at least 20% of their expected share of high-quality samples")
-register_metric("high_quality_share", unit="", higher_is_better=True, group="quality",
-                description="toy2d: share of samples within 3 std of the nearest mode (real data: ~0.989 in 2-D)")
-register_metric("mode_kl", unit="nats", higher_is_better=False, group="quality",
-                description="toy2d: KL(histogram of high-quality samples over modes || uniform)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,18 +47,38 @@ def density_coverage(
 
     density  = 1/(kN) sum_j sum_i 1[ |Y_j - X_i| < NND_k(X_i) ]          (eq. 5)
     coverage = 1/M    sum_i 1[ exists j: |Y_j - X_i| < NND_k(X_i) ]       (eq. 6)
-    Strict inequality, as in the authors' reference code. ``radii`` (M,) may come from a
-    cache (``knn_radii(real, k)``); the (M, N) distance matrix is processed in column blocks.
+    Strict inequality, as in the authors' reference code, with one exception: a real point with
+    k or more exact duplicates has NND_k = 0, and its ball then holds a sample that coincides with
+    it (strictly, no sample could ever be inside it; ``zero_radius_count`` says how many there are).
+    ``radii`` (M,) may come from a cache (``knn_radii(real, k)``); the (M, N) distance matrix is
+    processed in column blocks.
     """
     r = knn_radii(real, k) if radii is None else radii
     inside_count = torch.zeros((), dtype=torch.float64)
     covered = torch.zeros(len(real), dtype=torch.bool)
     for fb in fake.split(batch_size):
-        inside = torch.cdist(real, fb) < r[:, None]  # (M, b): sample j inside real ball i
+        d = torch.cdist(real, fb)  # (M, b); identical rows give exactly 0 (torch clamps at 0)
+        inside = (d < r[:, None]) | (d == 0)  # (M, b): sample j inside real ball i
         inside_count += inside.sum()
         covered |= inside.any(dim=1)
     density = (inside_count / (k * len(fake))).item()
     return density, covered.double().mean().item()
+
+
+def zero_radius_count(features: torch.Tensor, k: int) -> int:
+    """Points of ``features`` (N, F) whose k-NN radius is 0: those with k or more exact duplicates.
+
+    Their k-NN balls (precision/recall, density/coverage) are single points; a metric computed
+    with them says so in its note. Counted from exact row duplicates, not from distances.
+    """
+    _, counts = torch.unique(features, dim=0, return_counts=True)
+    return int(counts[counts >= k + 1].sum())
+
+
+def duplicates_note(features: torch.Tensor, k: int, what: str) -> str:
+    """'' or e.g. '12 of 500 samples have k-NN radius 0 (>= 3 exact duplicates each)'."""
+    n = zero_radius_count(features, k)
+    return f"{n} of {len(features)} {what} have k-NN radius 0 ({k} or more exact duplicates each)" if n else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Likelihood on one protocol: per-example log-likelihoods from the family -> NLL metrics.
+"""The likelihood evaluator: per-example log-likelihoods from the family -> NLL metrics on one protocol.
 
 Names say the estimator, the kind says what it is, and a bound is never reported under
 an exact name: ``nll_bpd_exact`` (flows, autoregressive, naive Bayes), ``nll_bpd_elbo`` and
 ``nll_bpd_iwae`` (VAE lower bounds on log p, so upper bounds on the NLL), ``nll_bpd_vlb``
 (diffusion). Bits/dim = nats / (D ln 2) on 8-bit data; on continuous 2-D points only
 nats per point are reported (bits/dim of a continuous density is not the 8-bit protocol).
+Every estimator has the pair ``nll_nats_<estimator>`` / ``nll_bpd_<estimator>``: the report's
+likelihood table is one row per pair. How many test examples: ``eval.likelihood_examples``
+and ``eval.likelihood_batch_size`` (top-level keys of the suite's eval section).
 """
 from __future__ import annotations
 
@@ -14,25 +17,28 @@ import torch
 
 from bench.data import Dataset
 from bench.families.base import GenerativeModel, Likelihood
-from bench.results import Metric, metric, register_metric
+from bench.metrics.base import EvalContext, Evaluator, register_evaluator
+from bench.results import Metric, MetricKind, MetricSpec, metric
 
-# estimator -> kind of the log-likelihood it gives
-ESTIMATORS: dict[str, str] = {
+# estimator -> kind of the log-likelihood it gives. Order = the report's row order and the preference
+# for the one-line cell summary: exact first, then the tighter bound (IWAE) before the looser (ELBO).
+ESTIMATORS: dict[str, MetricKind] = {
     "exact": "exact",
-    "elbo": "lower_bound",
     "iwae": "lower_bound",
+    "elbo": "lower_bound",
     "vlb": "lower_bound",
     "ode": "estimate",  # continuous-time flows: probability-flow ODE with a stochastic trace estimator
 }
-for _est, _kind in ESTIMATORS.items():
-    register_metric(
-        f"nll_nats_{_est}", unit="nats", higher_is_better=False, kind=_kind, group="likelihood",  # type: ignore[arg-type]
-        description=f"test negative log-likelihood per example, {_est} ({_kind}); 8-bit protocol on images",
+LIKELIHOOD_METRICS: tuple[MetricSpec, ...] = tuple(
+    spec
+    for est, kind in ESTIMATORS.items()
+    for spec in (
+        MetricSpec(f"nll_nats_{est}", "nats", False, kind, role="likelihood", headline=True,
+                   description=f"test negative log-likelihood per example, {est} ({kind}); 8-bit protocol on images"),
+        MetricSpec(f"nll_bpd_{est}", "bits/dim", False, kind, role="likelihood", axis=True,
+                   description=f"test negative log-likelihood in bits per dimension, {est} ({kind}); 8-bit protocol"),
     )
-    register_metric(
-        f"nll_bpd_{_est}", unit="bits/dim", higher_is_better=False, kind=_kind, group="likelihood",  # type: ignore[arg-type]
-        description=f"test negative log-likelihood in bits per dimension, {_est} ({_kind}); 8-bit protocol",
-    )
+)
 
 
 @torch.no_grad()
@@ -64,3 +70,18 @@ def evaluate_likelihood(
         if dataset.kind == "image":
             out.append(metric(f"nll_bpd_{est}", nll / (d * math.log(2)), stderr=se / (d * math.log(2)), **params))
     return out
+
+
+class LikelihoodEvaluator(Evaluator):
+    """Test-split negative log-likelihood, nats and bits/dim, with its kind (exact, bound, estimate)."""
+
+    name = "likelihood"
+    needs = frozenset({"model", "test_data"})
+    metrics = LIKELIHOOD_METRICS
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        return evaluate_likelihood(ctx.model, ctx.dataset, ctx.device, ctx.generator(2), ctx.eval.likelihood_examples,
+                                   ctx.eval.likelihood_batch_size)
+
+
+register_evaluator("likelihood", LikelihoodEvaluator)

@@ -1,58 +1,98 @@
-"""Sample quality and diversity: FID, KID, precision/recall, density/coverage, class and mode coverage.
+"""The quality evaluator: FID, KID, precision/recall, density/coverage, class and mode coverage.
 
-``evaluate_quality`` is the evaluator's entry point. Per requested feature space it extracts
-the samples' features once (``bench.metrics.features.extract``), reads the real test-split
-reference features from the disk cache, and computes every requested metric from those two
-feature sets: FID, KID and precision/recall with torch-fidelity's own functions (the same
-code ``torch_fidelity.calculate_metrics`` runs after its own feature pass), density/coverage
-and class/mode coverage with ``bench.metrics.coverage``. Metric names carry their feature
-space (``fid_domain``, ``fid_inception``); every metric's ``params`` record the sample counts.
+``QualityEvaluator`` reads the cell's generated samples. Per requested feature space it
+extracts the samples' features once (``bench.metrics.fidelity``), reads the real test-split
+reference features from the disk cache (``bench.metrics.caches``), and computes every
+requested metric from those two feature sets: FID, KID and precision/recall with
+torch-fidelity's own functions (the same code ``torch_fidelity.calculate_metrics`` runs after
+its own feature pass), density/coverage and class/mode coverage with ``bench.metrics.coverage``.
+Metric names carry their feature space (``fid_domain``, ``fid_inception``); every metric's
+``params`` record the sample counts.
 
-``quick_quality`` is the cheap snapshot for quality-over-training curves.
+On a dataset without labels there is no domain classifier: the domain-space and class-coverage
+metrics are reported unavailable with the reason, and the Inception space (if requested) is the
+quality space. ``quick_quality`` is the cheap snapshot for quality-over-training curves.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.metrics import coverage
+from bench.metrics.caches import reference_features, update_reference
+from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
 from bench.metrics.inception import UNAVAILABLE_IS
-from bench.results import Metric, metric, register_metric
+from bench.results import Metric, MetricSpec, metric, unavailable
 
-# torch-fidelity (and bench.metrics.features, which builds on it) imports torchvision: ~2.5 s. They are
+# torch-fidelity (and bench.metrics.fidelity, which builds on it) imports torchvision: ~2.5 s. They are
 # imported where metrics are computed, so `bench list`, `validate` and `compare` start in about 3 s.
 if TYPE_CHECKING:
-    from bench.metrics.features import Extractor
+    from bench.metrics.fidelity import Extractor
 
 FeatureSpace = Literal["domain", "inception"]
 QualityMetric = Literal["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
 ALL_METRICS: list[QualityMetric] = ["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
 
-_SPACE_TEXT = {"domain": "the domain classifier's feature space", "inception": "the standard FID Inception-v3 pool3 space"}
-for _space, _text in _SPACE_TEXT.items():
-    register_metric(f"fid_{_space}", unit="", higher_is_better=False, group="quality",
-                    description=f"Fréchet distance (Heusel et al. 2017) between Gaussian fits in {_text}")
-    register_metric(f"kid_{_space}", unit="", higher_is_better=False, group="quality",
-                    description=f"Kernel Inception Distance (Bińkowski et al. 2018, cubic kernel, mean over subsets) in {_text}")
-    register_metric(f"kid_{_space}_std", unit="", higher_is_better=None, group="quality",
-                    description=f"Standard deviation of KID over its subsets in {_text}")
-    register_metric(f"precision_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Improved precision (Kynkäänniemi et al. 2019, k=3): share of samples inside the real manifold, {_text}")
-    register_metric(f"recall_{_space}", unit="", higher_is_better=True, group="quality",
-                    description=f"Improved recall (Kynkäänniemi et al. 2019, k=3): share of real data inside the sample manifold, {_text}")
-register_metric("inception_score", unit="", higher_is_better=True, group="quality",
-                description="Inception Score (Salimans et al. 2016); unavailable with the offline FID weights (no logits)")
+
+def _space_specs(space: str, headline: bool) -> tuple[MetricSpec, ...]:
+    """The feature-based metrics of one space. Declaration order is the report's column order."""
+    text = {"domain": "the domain classifier's feature space", "inception": "the standard FID Inception-v3 pool3 space"}[space]
+    return (
+        MetricSpec(f"fid_{space}", "", False, role="quality", headline=True, axis=True,
+                   description=f"Fréchet distance (Heusel et al. 2017) between Gaussian fits in {text}"),
+        MetricSpec(f"kid_{space}", "", False, role="quality", headline=headline,
+                   description=f"Kernel Inception Distance (Bińkowski et al. 2018, cubic kernel, mean over subsets) in {text}"),
+        MetricSpec(f"kid_{space}_std", "", None, role="info",
+                   description=f"Standard deviation of KID over its subsets in {text}"),
+        MetricSpec(f"precision_{space}", "", True, role="quality", headline=headline,
+                   description=f"Improved precision (Kynkäänniemi et al. 2019, k=3): share of samples inside the real manifold, {text}"),
+        MetricSpec(f"recall_{space}", "", True, role="coverage", headline=headline, axis=True,
+                   description=f"Improved recall (Kynkäänniemi et al. 2019, k=3): share of real data inside the sample manifold, {text}"),
+        MetricSpec(f"density_{space}", "", True, role="quality", headline=headline,
+                   description=f"Density (Naeem et al. 2020, k=5) in {text}: mean count of real k-NN balls holding each "
+                               f"sample, over k; 1 when samples match the data, >1 when clumped"),
+        MetricSpec(f"coverage_{space}", "", True, role="coverage", headline=headline, axis=headline,
+                   description=f"Coverage (Naeem et al. 2020, k=5) in {text}: share of real points whose k-NN ball holds "
+                               f"at least one sample"),
+    )
 
 
-class QualityOptions(BaseModel):
+# Order matters (the report's columns and axis preferences): the domain space, then class and mode
+# coverage, then the Inception space: its FID is a headline column, and the quality axis when the domain
+# space is absent (unlabelled data); its recall is the coverage axis only when nothing above is present.
+QUALITY_METRICS: tuple[MetricSpec, ...] = (
+    *_space_specs("domain", headline=True),
+    MetricSpec("classes_covered", "classes", True, role="coverage", headline=True, axis=True,
+               description="Classes that get at least 20% of their expected share of samples (domain classifier)"),
+    MetricSpec("class_kl", "nats", False, role="coverage",
+               description="KL(predicted class histogram of samples || class frequencies of the data)"),
+    MetricSpec("classifier_score", "", True, role="quality",
+               description="Inception-Score formula on the domain classifier: exp E[KL(p(y|x) || p(y))], 10 splits"),
+    MetricSpec("modes_covered", "modes", True, role="coverage", headline=True, axis=True,
+               description="toy2d: mixture modes that get at least 20% of their expected share of high-quality samples"),
+    MetricSpec("high_quality_share", "", True, role="quality", headline=True,
+               description="toy2d: share of samples within 3 std of the nearest mode (real data: ~0.989 in 2-D)"),
+    MetricSpec("mode_kl", "nats", False, role="coverage",
+               description="toy2d: KL(histogram of high-quality samples over modes || uniform)"),
+    *_space_specs("inception", headline=False),
+    MetricSpec("inception_score", "", True, role="quality",
+               description="Inception Score (Salimans et al. 2016); unavailable with the offline FID weights (no logits)"),
+)
+CLASS_METRICS = ("classes_covered", "class_kl", "classifier_score")
+NO_LABELS = "no labels in the dataset"
+NO_LABELS_DOMAIN = "no labels in the dataset, so no domain classifier (the inception space needs none)"
+
+
+class QualityOptions(EvaluatorOptions):
     """Sample-quality evaluation options (the suite's ``eval.quality``)."""
 
-    model_config = ConfigDict(extra="forbid")
     feature_spaces: list[FeatureSpace] = ["domain"]  # "inception" is ~7 img/s on a 2-core CPU: GPU suites
     metrics: list[QualityMetric] = list(ALL_METRICS)  # class_coverage means mode coverage on toy2d
     n_reference: int = Field(10_000, ge=2)  # real test-split images used as reference (capped at the split size)
@@ -86,8 +126,6 @@ def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
     """torch-fidelity's {mu, sigma} of the reference, computed once and cached as tensors (weights_only loads)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    from bench.metrics.features import update_reference
-
     if "fid_mu" not in ref:
         stats = fid_features_to_statistics(ref["features"])
         update_reference(ref, fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
@@ -95,8 +133,6 @@ def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
-    from bench.metrics.features import update_reference
-
     key = f"knn_radii_k{k}"
     if key not in ref:
         update_reference(ref, **{key: coverage.knn_radii(ref["features"], k)})
@@ -105,9 +141,57 @@ def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
 
 def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
     """FID with torch-fidelity's statistics and distance (generated first, as torch-fidelity's input1)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    value, _ = fid_checked(gen, ref)
+    return math.nan if value is None else value
 
-    return fid_statistics_to_metric(fid_features_to_statistics(gen), _fid_stats(ref), verbose=False)[KEY_METRIC_FID]
+
+FID_TOL = 1e-6  # relative to the largest eigenvalue / to tr(S1) + tr(S2): what float64 rounding can explain
+
+
+def fid_checked(gen: torch.Tensor, ref: dict[str, Any]) -> tuple[float | None, str]:
+    """FID of generated features ``gen`` (N, F) against the cached reference, and a note on its numerical traps."""
+    n, dims = gen.shape
+    if n < 2:
+        return None, f"FID needs at least 2 samples for a covariance, got {n}"
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    s1, s2 = fid_features_to_statistics(gen), _fid_stats(ref)
+    fid, notes = frechet_distance(s1["mu"], s1["sigma"], s2["mu"], s2["sigma"])
+    if n <= dims:
+        notes.insert(0, f"{n} samples in {dims} feature dimensions: the sample covariance is singular, FID is biased up")
+    return fid, "; ".join(notes)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> tuple[float | None, list[str]]:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))  (Heusel et al. 2017, after Dowson & Landau 1982),
+    with the trace term computed exactly as torch-fidelity does, and notes on its numerical traps.
+
+    tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(S1 S2)). S1 S2 is similar to S1^(1/2) S2 S1^(1/2), so in exact
+    arithmetic every lambda_i is real and >= 0; in floating point some come out complex or slightly
+    negative (pytorch-fid's sqrtm raises "Imaginary component" there). The real part of the complex root
+    is kept and a note says how large the deviation was. A distance that rounds below 0 is reported as
+    0 (the note says from what); one below 0 beyond rounding (a non-PSD covariance, e.g. a damaged
+    cache) is None.
+    """
+    eig = np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)
+    diff = mu1 - mu2
+    # torch-fidelity's expression in its order: mu may be float32, and a Python float added to it first
+    # would keep the sum in float32 (numpy 2 promotion)
+    fid = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(np.sqrt(eig).real))
+    traces = float(np.trace(sigma1) + np.trace(sigma2))
+    notes = []
+    scale = max(float(np.abs(eig).max()), np.finfo(np.float64).tiny)
+    if np.abs(eig.imag).max() > FID_TOL * scale:
+        notes.append(f"eigenvalues of S1 S2 had imaginary parts up to {np.abs(eig.imag).max() / scale:.1e} of the "
+                     "largest (real part of the square root used)")
+    if eig.real.min() < -FID_TOL * scale:
+        notes.append(f"eigenvalues of S1 S2 down to {eig.real.min() / scale:.1e} of the largest (counted as 0)")
+    if fid < 0:
+        if fid < -FID_TOL * max(traces, 1.0):
+            return None, [*notes, f"FID came out at {fid:.3g}, below 0 beyond rounding: not reported"]
+        notes.append(f"FID {fid:.2g} (rounding below 0) reported as 0")
+        fid = 0.0
+    return fid, notes
 
 
 def one_blas_thread():
@@ -132,7 +216,8 @@ def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Ex
     base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
     out: list[Metric] = []
     if "fid" in opts.metrics:
-        out.append(metric(f"fid_{space}", fid_from_features(gen, ref), **base))
+        fid, note = fid_checked(gen, ref)
+        out.append(metric(f"fid_{space}", fid, note=note, **base))
     if "kid" in opts.metrics:
         size = min(opts.kid_subset_size, n, m)
         note = f"kid_subset_size capped at {size} (samples: {n}, reference: {m})" if size < opts.kid_subset_size else ""
@@ -144,12 +229,16 @@ def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Ex
     if "precision_recall" in opts.metrics:
         prc = prc_features_to_metric(gen, real, prc_neighborhood=opts.pr_k, prc_batch_size=10_000,
                                      save_cpu_ram=False, verbose=False)
-        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], k=opts.pr_k, **base))
-        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], k=opts.pr_k, **base))
+        # precision reads the real points' k-NN balls, recall the samples': duplicates make balls of radius 0
+        p_note, r_note = coverage.duplicates_note(real, opts.pr_k, "reference points"), \
+            coverage.duplicates_note(gen, opts.pr_k, "samples")
+        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], note=p_note, k=opts.pr_k, **base))
+        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], note=r_note, k=opts.pr_k, **base))
     if "density_coverage" in opts.metrics:
         density, cov = coverage.density_coverage(real, gen, k=opts.dc_k, radii=_radii(ref, opts.dc_k))
-        out.append(metric(f"density_{space}", density, k=opts.dc_k, **base))
-        out.append(metric(f"coverage_{space}", cov, k=opts.dc_k, **base))
+        note = coverage.duplicates_note(real, opts.dc_k, "reference points")
+        out.append(metric(f"density_{space}", density, note=note, k=opts.dc_k, **base))
+        out.append(metric(f"coverage_{space}", cov, note=note, k=opts.dc_k, **base))
     return out
 
 
@@ -198,16 +287,25 @@ def _check_samples(samples: torch.Tensor, ds: Dataset, opts: QualityOptions) -> 
         raise BenchError(f"dataset {ds.name!r} has points, not images: remove 'inception' from eval.quality.feature_spaces")
 
 
+def _space_metric_names(space: str, opts: QualityOptions) -> list[str]:
+    """The names ``feature_metrics`` gives for ``space`` under ``opts`` (for reporting them unavailable)."""
+    per = {"fid": ["fid_{}"], "kid": ["kid_{}", "kid_{}_std"], "precision_recall": ["precision_{}", "recall_{}"],
+           "density_coverage": ["density_{}", "coverage_{}"]}
+    return [n.format(space) for m in opts.metrics for n in per.get(m, [])]
+
+
 def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:
     """Every requested quality metric of ``samples`` against ``dataset``'s test split.
 
     samples: uint8 (N, C, H, W) images, or float (N, D) points for toy2d. Features are
-    extracted once per feature space; reference features come from the disk cache.
+    extracted once per feature space; reference features come from the disk cache. Without
+    labels the domain space and class coverage are reported unavailable, with the reason.
     """
-    from bench.metrics.features import domain_extractor, extract, inception_extractor, reference_features
+    from bench.metrics.fidelity import domain_extractor, inception_extractor
 
     _check_samples(samples, dataset, options)
     opts = options
+    no_classifier = dataset.kind == "image" and not dataset.has_labels
     feature_based = [m for m in opts.metrics if m != "class_coverage"]
     out: list[Metric] = []
     domain_logits: torch.Tensor | None = None
@@ -216,6 +314,9 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
         wants_logits = space == "domain" and dataset.kind == "image" and "class_coverage" in opts.metrics
         if not feature_based and not wants_logits:
             continue  # e.g. only class_coverage with the inception space: no Inception pass at all
+        if space == "domain" and no_classifier:
+            out += [unavailable(n, NO_LABELS_DOMAIN) for n in _space_metric_names(space, opts)]
+            continue
         if space == "domain":
             ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
             x, bs, n_ref = samples, opts.batch_size, opts.n_reference
@@ -223,7 +324,7 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
             ext = inception_extractor(device)
             cap = opts.inception_max_samples or len(samples)
             x, bs, n_ref = samples[:cap], opts.inception_batch_size, min(opts.n_reference, cap)
-        gen = extract(ext, x, bs, device)  # the one feature pass over this sample set
+        gen = ext.extract(x, bs, device)  # the one feature pass over this sample set
         if "logits" in gen:
             domain_logits, domain_key = gen["logits"], ext.key
         if feature_based:
@@ -232,10 +333,12 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
     if "class_coverage" in opts.metrics:
         if dataset.kind == "points":
             out += mode_metrics(samples.float(), dataset, opts)
+        elif no_classifier:
+            out += [unavailable(n, NO_LABELS) for n in CLASS_METRICS]
         else:
             if domain_logits is None:  # only the inception space was asked for: the classifier is still the domain net
                 ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
-                domain_logits, domain_key = extract(ext, samples, opts.batch_size, device)["logits"], ext.key
+                domain_logits, domain_key = ext.extract(samples, opts.batch_size, device)["logits"], ext.key
             out += class_metrics(domain_logits, dataset, opts, domain_key)
     if "inception" in opts.feature_spaces:
         n_is = min(len(samples), opts.inception_max_samples or len(samples))
@@ -250,12 +353,12 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     FID statistics), so a call costs one forward pass over ``samples`` plus a 128-d FID.
     FID of a small sample is biased upwards (see docs/metrics.md): compare curves at equal N.
     """
-    from bench.metrics.features import domain_extractor, extract, reference_features
+    from bench.metrics.fidelity import domain_extractor
 
     opts = QualityOptions()
     _check_samples(samples, dataset, QualityOptions(pr_k=1, dc_k=1))
     ext = domain_extractor(dataset, device)
-    gen = extract(ext, samples, opts.batch_size, device)
+    gen = ext.extract(samples, opts.batch_size, device)
     ref = reference_features(dataset, ext, opts.n_reference, opts.batch_size, device)
     with one_blas_thread():
         out = {"fid_domain": fid_from_features(gen["features"], ref)}
@@ -265,3 +368,19 @@ def quick_quality(samples: torch.Tensor, dataset: Dataset, device: torch.device)
     else:
         out["classes_covered"] = coverage.class_coverage(gen["logits"], dataset.class_frequencies())["classes_covered"]
     return out
+
+
+class QualityEvaluator(Evaluator):
+    """Sample quality and diversity: FID, KID, precision/recall, density/coverage, class/mode coverage."""
+
+    name = "quality"
+    Options = QualityOptions
+    needs = frozenset({"samples"})
+    metrics = QUALITY_METRICS
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        assert ctx.samples is not None  # the harness generates them for evaluators that need samples
+        return evaluate_quality(ctx.samples, ctx.dataset, self.options, ctx.device)
+
+
+register_evaluator("quality", QualityEvaluator)

@@ -1,24 +1,24 @@
-"""Sampling speed: samples/s after warm-up, device-synchronised, median of repeats."""
+"""The speed evaluator: samples/s after warm-up, device-synchronised, median of repeats; NFE per sample."""
 from __future__ import annotations
 
 import statistics
 import time
 
 import torch
+from pydantic import Field
 
 from bench.families.base import GenerativeModel
-from bench.results import Metric, metric, register_metric
+from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
+from bench.results import Metric, MetricSpec, metric
 
-register_metric("samples_per_s", unit="samples/s", higher_is_better=True, group="speed",
-                description="generated samples per second (median of timed batches, after warm-up)")
-register_metric("nfe_per_sample", unit="NFE", higher_is_better=False, group="speed",
-                description="network evaluations per sample")
-register_metric("train_steps_per_s", unit="steps/s", higher_is_better=True, group="cost",
-                description="optimizer steps per second of training time")
-register_metric("train_seconds", unit="s", higher_is_better=None, group="cost",
-                description="training time actually spent (evaluation excluded)")
-register_metric("params", unit="", higher_is_better=None, group="cost",
-                description="number of parameters (fitted statistics for naive Bayes)")
+
+class SpeedOptions(EvaluatorOptions):
+    """Sampling speed (the suite's ``eval.speed``): the median of timed ``sample(batch_size)`` calls. When
+    the evaluation samples were generated in at least ``warmup + repeats`` full batches, those timings are used."""
+
+    batch_size: int = Field(500, gt=0)  # samples per sample() call (also the batch of evaluation sampling)
+    repeats: int = Field(3, gt=0)  # timed calls at least; the median is reported
+    warmup: int = Field(1, ge=0)  # untimed calls first (allocator, lazy init, cudnn autotune)
 
 
 def _sync(device: torch.device) -> None:
@@ -56,3 +56,30 @@ def measure_sampling_speed(
     model.eval()
     times = [timed_sample(model, batch_size, generator, device)[1] for _ in range(warmup + repeats)][warmup:]
     return speed_metrics(times, batch_size, model.nfe_per_sample, device, warmup=warmup)
+
+
+class SpeedEvaluator(Evaluator):
+    """Sampling speed: samples per second (a timing, machine-dependent) and network evaluations per sample."""
+
+    name = "speed"
+    Options = SpeedOptions
+    needs = frozenset({"model"})
+    metrics = (
+        MetricSpec("samples_per_s", "samples/s", True, role="speed", machine_dependent=True, headline=True, axis=True,
+                   description="generated samples per second (median of timed batches, after warm-up)"),
+        MetricSpec("nfe_per_sample", "NFE", False, role="speed", headline=True,
+                   description="network evaluations per sample"),
+    )
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        sp = self.options
+        assert isinstance(sp, SpeedOptions)
+        if len(ctx.sample_times) >= sp.warmup + sp.repeats:
+            # the evaluation samples were generated in timed batches of the same size: reuse those timings
+            # (the first ``warmup`` calls excluded) rather than paying for sampling twice
+            return speed_metrics(ctx.sample_times[sp.warmup:], sp.batch_size, ctx.model.nfe_per_sample, ctx.device,
+                                 warmup=sp.warmup, source="evaluation samples")
+        return measure_sampling_speed(ctx.model, ctx.device, ctx.generator(3), sp.batch_size, sp.repeats, sp.warmup)
+
+
+register_evaluator("speed", SpeedEvaluator)

@@ -27,52 +27,47 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.results import METRICS, CellRecord, Metric, metric, register_metric
+from bench.metrics.base import EvalContext, Evaluator, SnapshotFn, register_evaluator
+from bench.metrics.quality import quick_quality
+from bench.results import METRICS, CellRecord, Metric, MetricSpec, metric
 
 if TYPE_CHECKING:
     from bench.data import Dataset
     from bench.families.base import GenerativeModel
     from bench.train import TrainResult
 
-SnapshotFn = Callable[["GenerativeModel", int], dict[str, float]]
 QualityFn = Callable[[torch.Tensor, "Dataset", torch.device], dict[str, float]]
 
 COVERAGE_KEYS = ("classes_covered", "modes_covered")  # what quick_quality reports for images / toy2d
 
-_S = dict(group="stability")
-register_metric("diverged", unit="", higher_is_better=False, **_S,
-                description="1 if training ended as diverged (NaN/inf or an exploding loss), else 0")
-register_metric("diverged_at_step", unit="steps", higher_is_better=None, **_S,
-                description="the step at which training diverged (empty when it did not)")
-register_metric("loss_cv", unit="", higher_is_better=False, **_S,
-                description="coefficient of variation std/|mean| of the watched loss over the second half of training")
-register_metric("loss_g_cv", unit="", higher_is_better=False, **_S,
-                description="adversarial: coefficient of variation of G's loss over the second half of training")
-register_metric("loss_d_mean", unit="", higher_is_better=None, **_S,
-                description="adversarial: mean D loss over the second half (scale depends on the loss)")
-register_metric("loss_g_mean", unit="", higher_is_better=None, **_S,
-                description="adversarial: mean G loss over the second half (scale depends on the loss)")
-register_metric("d_acc_real", unit="", higher_is_better=None, **_S,
-                description="adversarial: share of real samples D scores as real, mean over the second half")
-register_metric("d_acc_fake", unit="", higher_is_better=None, **_S,
-                description="adversarial: share of generated samples D scores as fake, mean over the second half")
-register_metric("d_acc", unit="", higher_is_better=None, **_S,
-                description="adversarial D/G balance: D's balanced accuracy; 0.5 = D is fooled, 1 = D wins")
-register_metric("snap_fid_domain_best", unit="", higher_is_better=False, **_S,
-                description="lowest domain FID among the training snapshots (small sample, biased upward)")
-register_metric("snap_fid_domain_final", unit="", higher_is_better=False, **_S,
-                description="domain FID of the last training snapshot (small sample, biased upward)")
-register_metric("snap_fid_domain_gap", unit="", higher_is_better=False, **_S,
-                description="final minus best snapshot FID: quality lost by training on past the best point")
-for _k, _u in (("classes_covered", "classes"), ("modes_covered", "modes")):
-    register_metric(f"snap_{_k}_final", unit=_u, higher_is_better=True, **_S,
-                    description=f"{_k} at the last training snapshot")
-    register_metric(f"snap_{_k}_min", unit=_u, higher_is_better=True, **_S,
-                    description=f"fewest {_k} among the snapshots of the second half of training")
-    register_metric(f"snap_{_k}_drop", unit=_u, higher_is_better=False, **_S,
-                    description=f"peak minus final {_k} over training: >0 means modes were found, then lost")
-register_metric("snapshot_cost_s", unit="s", higher_is_better=None, **_S,
-                description="total time of the quality snapshots (not charged to the training budget)")
+def _spec(name: str, unit: str, higher_is_better: bool | None, description: str, **meta) -> MetricSpec:
+    return MetricSpec(name, unit, higher_is_better, role="stability", description=description, **meta)
+
+
+# Headline (the report's stability table): oscillation, the GAN balance and the quality lost late.
+STABILITY_METRICS: tuple[MetricSpec, ...] = (
+    _spec("diverged", "", False, "1 if training ended as diverged (NaN/inf or an exploding loss), else 0"),
+    _spec("diverged_at_step", "steps", None, "the step at which training diverged (empty when it did not)"),
+    _spec("loss_cv", "", False, "coefficient of variation std/|mean| of the watched loss over the second half of training",
+          headline=True),
+    _spec("loss_g_cv", "", False, "adversarial: coefficient of variation of G's loss over the second half of training"),
+    _spec("loss_d_mean", "", None, "adversarial: mean D loss over the second half (scale depends on the loss)"),
+    _spec("loss_g_mean", "", None, "adversarial: mean G loss over the second half (scale depends on the loss)"),
+    _spec("d_acc_real", "", None, "adversarial: share of real samples D scores as real, mean over the second half"),
+    _spec("d_acc_fake", "", None, "adversarial: share of generated samples D scores as fake, mean over the second half"),
+    _spec("d_acc", "", None, "adversarial D/G balance: D's balanced accuracy; 0.5 = D is fooled, 1 = D wins", headline=True),
+    _spec("snap_fid_domain_best", "", False, "lowest domain FID among the training snapshots (small sample, biased upward)"),
+    _spec("snap_fid_domain_final", "", False, "domain FID of the last training snapshot (small sample, biased upward)"),
+    _spec("snap_fid_domain_gap", "", False, "final minus best snapshot FID: quality lost by training on past the best point",
+          headline=True),
+    *(spec for key, unit in (("classes_covered", "classes"), ("modes_covered", "modes")) for spec in (
+        _spec(f"snap_{key}_final", unit, True, f"{key} at the last training snapshot"),
+        _spec(f"snap_{key}_min", unit, True, f"fewest {key} among the snapshots of the second half of training"),
+        _spec(f"snap_{key}_drop", unit, False, f"peak minus final {key} over training: >0 means modes were found, then lost"),
+    )),
+    _spec("snapshot_cost_s", "s", None, "total time of the quality snapshots (not charged to the training budget)",
+          machine_dependent=True),
+)
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -94,11 +89,9 @@ def snapshot_fn_for(
     here on a few test examples, so that building or loading the cached domain net and
     reference features is not counted as the first snapshot's cost.
     """
-    from bench.evaluate import generate
+    from bench.evaluate import generate  # bench.evaluate imports this package: import at call time
 
-    if quality_fn is None:
-        from bench.metrics.quality import quick_quality as quality_fn
-    fn: QualityFn = quality_fn
+    fn: QualityFn = quick_quality if quality_fn is None else quality_fn
     if warm_up:
         fn(dataset.test_x[:64], dataset, device)
 
@@ -261,3 +254,29 @@ def across_seeds(records: list[CellRecord], metric_names: list[str] | None = Non
                          "ci95_low": lo, "ci95_high": hi, "ci_method": "student_t"})
     cols = ["model", "family", "metric", "n_seeds", "n", "mean", "std", "ci95_low", "ci95_high", "ci_method"]
     return pd.DataFrame(rows, columns=cols)
+
+
+class StabilityEvaluator(Evaluator):
+    """Training stability: divergence, loss oscillation, GAN balance, quality over training (snapshots)."""
+
+    name = "stability"
+    needs = frozenset({"training"})
+    metrics = STABILITY_METRICS
+
+    def snapshot_fn(self, ctx: EvalContext) -> SnapshotFn | None:
+        """The quality probe, every ``eval.snapshot_every`` steps; none without a domain space (unlabelled images)."""
+        ds = ctx.dataset
+        if not ctx.eval.snapshot_every or (ds.kind == "image" and not ds.has_labels):
+            return None
+        return snapshot_fn_for(ds, ctx.device, ctx.eval.snapshot_samples, ctx.seed)
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        assert ctx.train is not None  # the harness skips evaluators that need training for a loaded model
+        # a family says it is adversarial with the class attribute `adversarial`; a family without it: "gan" is
+        adversarial = getattr(ctx.model, "adversarial", ctx.model.family == "gan")
+        ctx.curves["snapshots"] = ctx.train.snapshots
+        ctx.curves["losses"] = loss_curves(ctx.train.log)
+        return training_stability(ctx.train, adversarial=adversarial)
+
+
+register_evaluator("stability", StabilityEvaluator)

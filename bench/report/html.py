@@ -15,20 +15,17 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
+from bench.io import read_npz
+from bench.metrics.base import axis, headline
+from bench.metrics.stability import across_seeds
 from bench.report import plots, tables
 from bench.results import METRICS, CellRecord
 
-# The trilemma's three axes and the headline columns of the main table, in order of preference:
-# the first metric present in a run is used.
-QUALITY = ["fid_domain", "fid_inception"]
-COVERAGE = ["recall_domain", "coverage_domain", "classes_covered", "modes_covered", "recall_inception"]
-SPEED = ["samples_per_s"]
-HEADLINE = [
-    "fid_domain", "kid_domain", "precision_domain", "recall_domain", "density_domain", "coverage_domain",
-    "classes_covered", "modes_covered", "high_quality_share", "fid_inception",
-    "samples_per_s", "nfe_per_sample", "train_steps_per_s",
-]
-LIKELIHOOD_ORDER = ["exact", "iwae", "elbo", "vlb", "ode"]
+# Which metrics become columns and axes is the metric metadata's business (bench.metrics.base):
+# the main table holds the headline metrics of these roles, the trilemma plots the axis of each corner.
+MAIN_TABLE_ROLES = ("quality", "coverage", "speed", "cost")
+NLL_NATS, NLL_BPD = "nll_nats_", "nll_bpd_"  # the likelihood evaluator's pair of names per estimator
 
 
 def _data_uri(png: bytes) -> str:
@@ -53,22 +50,20 @@ def _table_html(df: pd.DataFrame, index: bool = True) -> str:
     return df.to_html(index=index, escape=True, border=0, classes="t", na_rep="")
 
 
-def _first_present(summary: pd.DataFrame, names: list[str]) -> str | None:
-    present = set(summary.metric) if not summary.empty else set()
-    return next((n for n in names if n in present), None)
-
-
 def _likelihood_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per model and estimator: NLL in nats and bits/dim, with its kind spelled out."""
+    """One row per model and estimator (the likelihood headline metrics, in their declared order): NLL in nats
+    and bits/dim, with its kind spelled out."""
     rows = []
     if summary.empty:
         return pd.DataFrame()
+    rows_of = headline(("likelihood",), set(summary.metric))
     for (model, family), g in summary.groupby(["model", "family"], sort=False):
-        for est in LIKELIHOOD_ORDER:
-            nats = g[g.metric == f"nll_nats_{est}"]
+        for name in rows_of:
+            nats = g[g.metric == name]
             if nats.empty:
                 continue
-            bpd = g[g.metric == f"nll_bpd_{est}"]
+            est = name.removeprefix(NLL_NATS)
+            bpd = g[g.metric == NLL_BPD + est]
             kind = nats.iloc[0]["kind"]
             sign = "=" if kind == "exact" else ("≤" if kind == "lower_bound" else "≈")
             rows.append({
@@ -95,9 +90,7 @@ def _trilemma_points(summary: pd.DataFrame, q: str, c: str | None, s: str | None
 
 def _stability_table(records: list[CellRecord], quality: str | None) -> pd.DataFrame:
     """The headline stability numbers per model: seeds diverged, spread of final quality, oscillation."""
-    from bench.metrics.stability import across_seeds
-
-    names = [n for n in (quality, "loss_cv", "d_acc", "snap_fid_domain_gap") if n]
+    names = [n for n in (quality, *headline(("stability",))) if n]
     spread = across_seeds(records, names)
     rows = []
     for model, g in spread.groupby("model", sort=False):
@@ -145,9 +138,13 @@ def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray |
         p = run_dir / r.artifacts["samples"]
         if not p.is_file():
             continue
-        s = np.load(p)["samples"]
-        png = plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real)
-        out.append({"model": r.model, "family": r.family, "seed": str(r.seed), "uri": _data_uri(png)})
+        fig = {"model": r.model, "family": r.family, "seed": str(r.seed), "uri": "", "error": ""}
+        try:
+            s = read_npz(p, "samples file")["samples"]
+            fig["uri"] = _data_uri(plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real))
+        except (BenchError, KeyError) as e:  # a corrupted samples file is shown as such, never drawn
+            fig["error"] = str(e) if isinstance(e, BenchError) else f"{p}: has no 'samples' array"
+        out.append(fig)
         seen.add(r.model)
     return out
 
@@ -160,7 +157,8 @@ def _quality_curves(records: list[CellRecord]) -> str | None:
         snaps = r.curves.get("snapshots") or []
         if not snaps or r.model in series:
             continue
-        key = key or next((k for k in ("fid_domain", "modes_covered", "classes_covered") if k in snaps[0]), None)
+        # the probe's first value (quick_quality: the domain FID); step, seconds and cost_s are the trainer's
+        key = key or next((k for k in snaps[0] if k not in ("step", "seconds", "cost_s")), None)
         if key and key in snaps[0]:
             series[r.model] = ([s["step"] for s in snaps], [s[key] for s in snaps])
     if not series or key is None:
@@ -194,9 +192,10 @@ def _budget_curves(records: list[CellRecord], q: str) -> str | None:
 
 def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_points: np.ndarray | None = None) -> str:
     summary = tables.summary(records)
-    present = [n for n in HEADLINE if not summary.empty and n in set(summary.metric)]
-    main = tables.wide(records, present)
-    q, c, s = _first_present(summary, QUALITY), _first_present(summary, COVERAGE), _first_present(summary, SPEED)
+    valued = set(summary.metric) if not summary.empty else set()
+    reported = valued | {name for _, name in tables.unavailable(records)}  # with a value, or n/a and why
+    main = tables.wide(records, headline(MAIN_TABLE_ROLES, reported))
+    q, c, s = axis("quality", valued), axis("coverage", valued), axis("speed", valued)
     figs = []
     if q and s:
         pts = _trilemma_points(summary, q, c, s)
@@ -237,6 +236,7 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
         main=_table_html(main), likelihood=_table_html(_likelihood_table(summary), index=False),
         full=_table_html(full, index=False), figures=figs, stability_figures=stab_figs,
         stability=_table_html(_stability_table(records, q), index=False),
+        stability_legend=[(n, METRICS.get(n).description) for n in headline(("stability",))],
         samples=_sample_figures(run_dir, records, real_points),
         trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
     )

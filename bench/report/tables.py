@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-import bench.metrics  # noqa: F401  (registers every metric: the tables read their metadata)
+from bench.metrics import EVALUATORS  # noqa: F401  (registers the built-in evaluators: the tables read their metadata)
 from bench.results import METRICS, CellRecord
 
 TIDY_COLUMNS = ["suite", "run_id", "model", "family", "seed", "status", "metric", "value", "unit", "kind",
@@ -42,6 +42,22 @@ def summary(records: list[CellRecord]) -> pd.DataFrame:
     return out.merge(meta, on=["model", "family", "metric"])
 
 
+def unavailable(records: list[CellRecord]) -> dict[tuple[str, str], str]:
+    """(model, metric) -> why there is no value, for metrics no finished cell of the model has a value for
+    (no labels, no logits, ...): the report shows them as ``n/a: <reason>``."""
+    notes: dict[tuple[str, str], str] = {}
+    valued: set[tuple[str, str]] = set()
+    for r in records:
+        if r.status != "ok":
+            continue
+        for m in r.metrics:
+            if m.value is not None and math.isfinite(m.value):
+                valued.add((r.model, m.name))
+            elif m.note:
+                notes.setdefault((r.model, m.name), m.note)
+    return {k: v for k, v in notes.items() if k not in valued}
+
+
 def status_table(records: list[CellRecord]) -> pd.DataFrame:
     """Per model: seeds run, finished, diverged, failed, and budget spent (mean over seeds)."""
     rows = []
@@ -63,15 +79,17 @@ def status_table(records: list[CellRecord]) -> pd.DataFrame:
 
 
 def wide(records: list[CellRecord], metric_names: list[str]) -> pd.DataFrame:
-    """Per model: 'mean ± std' strings for the given metrics (the report's main table)."""
+    """Per model: 'mean ± std' strings for the given metrics (the report's main table); 'n/a: <reason>'
+    for a metric the model has no value for, when its records say why."""
     s = summary(records)
+    na = unavailable(records)
     out = {}
     for (model, family), grp in s.groupby(["model", "family"], sort=False):
         row = {"family": family}
         for name in metric_names:
             hit = grp[grp.metric == name]
             if hit.empty:
-                row[name] = ""
+                row[name] = f"n/a: {na[(model, name)]}" if (model, name) in na else ""
                 continue
             mean, std, n = hit.iloc[0][["mean", "std", "n"]]
             row[name] = fmt(mean) + (f" ± {fmt(std)}" if n > 1 and not math.isnan(std) else "")

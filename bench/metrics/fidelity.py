@@ -1,0 +1,185 @@
+"""torch-fidelity adapters: bench's feature extractors as torch-fidelity extractors, and one feature pass.
+
+Two feature spaces (DESIGN.md, "Metrics"):
+
+* ``domain``: the domain classifier of ``bench.metrics.domain`` (``bench-domain``); for
+  ``toy2d`` points the identity (``bench-identity``: the points are their own features);
+* ``inception``: torch-fidelity's ``inception-v3-compat`` with the offline weights of
+  ``bench.metrics.inception``.
+
+Both bench extractors are ``FeatureExtractorBase`` subclasses registered in torch-fidelity's
+registry when this module is imported (the only way to reach them), so
+``torch_fidelity.calculate_metrics(..., feature_extractor="bench-domain",
+feature_extractor_weights_path=<net file>)`` computes the same FID/KID/PR as bench does.
+bench itself runs each extractor once per sample set (``Extractor.extract``) and feeds
+torch-fidelity's metric functions from the features.
+
+Importing this module imports torch-fidelity, which imports torchvision (~2.5 s): the
+evaluators import it where metrics are computed, so ``bench list`` and ``validate`` stay fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from bench.data import Dataset
+from bench.errors import BenchError
+from bench.metrics import inception
+from bench.metrics.caches import clear_references
+from bench.metrics.domain import DOMAIN_VERSION, ensure_domain_net, load_domain_net, to_unit
+
+DOMAIN_EXTRACTOR = "bench-domain"  # torch-fidelity registry names
+IDENTITY_EXTRACTOR = "bench-identity"
+
+
+class DomainFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity wrapper of the domain net: uint8 (B, C, H, W) -> ``features`` and/or ``logits``.
+
+    Pass the cached net file as ``feature_extractor_weights_path`` (``ensure_domain_net``).
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs: Any):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path= (bench.metrics.domain.ensure_domain_net)")
+        self.net = load_domain_net(feature_extractor_weights_path)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return "features", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"expected uint8 (B, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+        feats, logits = self.net(to_unit(x))
+        out = {"features": feats, "logits": logits}
+        return tuple(out[k] for k in self.features_list)
+
+
+class IdentityFeatureExtractor(FeatureExtractorBase):
+    """Points are their own features (toy2d's domain space; also the analytic-Gaussian tests)."""
+
+    def __init__(self, name: str, features_list: list[str], **kwargs: Any):
+        super().__init__(name, features_list)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("features",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "features"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x.flatten(1).float(),)  # (B, D)
+
+
+def register_extractors() -> None:
+    """Make ``bench-domain`` and ``bench-identity`` known to torch-fidelity by name (idempotent:
+    torch-fidelity's registry rejects duplicates)."""
+    for name, cls in ((DOMAIN_EXTRACTOR, DomainFeatureExtractor), (IDENTITY_EXTRACTOR, IdentityFeatureExtractor)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, cls)
+
+
+register_extractors()
+
+
+# ---------------------------------------------------------------------------------------------
+# One feature pass
+
+
+@dataclass
+class Extractor:
+    """A ready feature extractor of one space plus what identifies it in cache keys."""
+
+    space: str  # "domain" | "inception"
+    module: FeatureExtractorBase
+    key: str  # extractor name + version + weights digest
+    channels: int | None = None  # inception wants 3 channels: grayscale is repeated
+    rename: dict[str, str] = field(default_factory=dict)  # torch-fidelity layer name -> ours ("2048" -> "features")
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None and x.dim() == 4 and x.shape[1] != self.channels:
+            if x.shape[1] != 1:
+                raise BenchError(f"the {self.space} feature space needs 1 or {self.channels} channels, got {x.shape[1]}")
+            x = x.expand(-1, self.channels, -1, -1)  # grayscale -> RGB, (B, 3, H, W)
+        return x
+
+    def extract(self, x: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """One pass over ``x`` in batches; float32 CPU features by name: {"features": (N, F), ...}."""
+        names = [self.rename.get(k, k) for k in self.module.get_requested_features_list()]
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+        with torch.no_grad():
+            for b in x.split(batch_size):
+                out = self.module(self.prepare(b).to(device))
+                for k, v in zip(names, out):
+                    parts[k].append(v.float().cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+
+_EXTRACTORS: dict[tuple[str, str, str], Extractor] = {}  # loaded instruments, reused within a process
+
+
+def domain_extractor(ds: Dataset, device: torch.device, min_accuracy: float | None = None) -> Extractor:
+    """The domain extractor for ``ds`` (building and caching its net on first use)."""
+    if ds.kind == "points":
+        key = (IDENTITY_EXTRACTOR, "", str(device))
+        if key not in _EXTRACTORS:
+            module = IdentityFeatureExtractor(IDENTITY_EXTRACTOR, ["features"])
+            _EXTRACTORS[key] = Extractor("domain", module, f"{IDENTITY_EXTRACTOR}-v{DOMAIN_VERSION}")
+        return _EXTRACTORS[key]
+    path = ensure_domain_net(ds, min_accuracy)
+    key = (DOMAIN_EXTRACTOR, str(path), str(device))
+    if key not in _EXTRACTORS:
+        module = DomainFeatureExtractor(DOMAIN_EXTRACTOR, ["features", "logits"], feature_extractor_weights_path=str(path))
+        _EXTRACTORS[key] = Extractor("domain", module.to(device), f"{DOMAIN_EXTRACTOR}-{path.stem}")
+    return _EXTRACTORS[key]
+
+
+def inception_extractor(device: torch.device) -> Extractor:
+    """torch-fidelity's Inception-v3 (FID graph) with the offline weights; pool3 (2048-d) features."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    path = inception.weights_path()
+    key = (inception.EXTRACTOR_NAME, str(path), str(device))
+    if key not in _EXTRACTORS:
+        module = FeatureExtractorInceptionV3(
+            inception.EXTRACTOR_NAME, [inception.FEATURE_LAYER], feature_extractor_weights_path=str(path)
+        )
+        tag = f"{inception.EXTRACTOR_NAME}-{inception.weights_sha256(path)[:12]}"
+        _EXTRACTORS[key] = Extractor("inception", module.to(device), tag, channels=3,
+                                     rename={inception.FEATURE_LAYER: "features"})
+    return _EXTRACTORS[key]
+
+
+def clear_memory_caches() -> None:
+    """Forget loaded extractors and references (tests that point BENCH_CACHE elsewhere)."""
+    _EXTRACTORS.clear()
+    clear_references()
