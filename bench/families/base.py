@@ -86,9 +86,10 @@ Data conventions (the same for every family):
   ``sample(n, g)`` is a sample of the model's p(x);
 * ``log_likelihood(x, generator, y)`` of a conditional model returns log p(x | y) of the given test
   labels as ``Likelihood(..., given="y")`` (metric names gain ``_given_y``), and log p(x) with
-  ``given=None`` where the family can compute it (e.g. ``log sum_y p(y) p(x | y)``), or the
-  null-label model's ``given="null"`` (diffusion, flow matching); with ``y=None`` only the ones that
-  need no label. A number for log p(x | y) is never reported under a log p(x) name;
+  ``given=None`` where the family can compute it (cVAE, conditional PixelCNN:
+  ``log sum_y p(y) p(x | y)``), and the null-label model's as ``given="null"`` (diffusion, flow
+  matching); with ``y=None`` only the log p(x) ones (none for diffusion and flow matching). A number
+  for log p(x | y) is never returned as a log p(x) one;
 * ``log_likelihood`` takes uint8 images (points: float) and returns per-example
   log-likelihoods in nats on the common protocol: 8-bit data, continuous models with
   uniform dequantization, i.e. the log-probability of the 8-bit value. A bits/dim figure

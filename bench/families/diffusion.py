@@ -41,9 +41,11 @@ Sized for a 2-core CPU: a 60 s budget is 800-900 steps at batch 128 on MNIST. Th
 chosen by looking at MNIST samples after that many steps; deterministic DDIM gave visibly
 noisier digits than the ancestral sampler from the same under-trained models.
 
-Likelihood of a conditional model: the bound on log p(x | y) with the test label (``given="y"``)
-when labels are passed, and the bound of the shared net's unconditional (null-label) model
-(``given="null"``); log p(x) of the conditional model (a sum over classes) is not computed.
+Likelihood of a conditional model, given the test labels: the bound on log p(x | y)
+(``given="y"``) and the bound of the shared net's unconditional (null-label) model
+(``given="null"``); log p(x) of the conditional model (a sum over the K classes, K times the cost)
+is not computed, so without labels a conditional model reports no likelihood rather than one
+that could be read as log p(x).
 
 Likelihood (``vlb``, a lower bound on log p of the 8-bit image): minus the variational bound
 of Ho et al. 2020, eq. 5, ``L = L_T + sum_{t=2..T} L_{t-1} + L_0``, with the Gaussian KLs
@@ -356,14 +358,13 @@ class Diffusion(GenerativeModel):
         if not self.is_conditional:
             lb = -self.vlb_terms(x0, generator, k).sum(1)  # (B,)
             return [Likelihood("vlb", "lower_bound", lb.float(), params)]
+        if y is None:  # log p(x) of a conditional model is a sum over classes: not computed (module docstring)
+            return []
+        lb_y = -self.vlb_terms(x0, generator, k, y.to(x0.device).long()).sum(1)  # log p(x | y), test labels
         null = torch.full((x0.shape[0],), self.spec.num_classes, dtype=torch.long, device=x0.device)
-        out = []
-        if y is not None:  # log p(x | y) of the test labels
-            lb = -self.vlb_terms(x0, generator, k, y.to(x0.device).long()).sum(1)
-            out.append(Likelihood("vlb", "lower_bound", lb.float(), params, given="y"))
-        lb = -self.vlb_terms(x0, generator, k, null).sum(1)  # the shared net's unconditional (null-label) model
-        out.append(Likelihood("vlb", "lower_bound", lb.float(), {**params, "label": "null"}, given="null"))
-        return out
+        lb_null = -self.vlb_terms(x0, generator, k, null).sum(1)  # the shared net's unconditional (null-label) model
+        return [Likelihood("vlb", "lower_bound", lb_y.float(), params, given="y"),
+                Likelihood("vlb", "lower_bound", lb_null.float(), {**params, "label": "null"}, given="null")]
 
     def vlb_terms(self, x0: torch.Tensor, generator: torch.Generator, t_samples: int | None,
                   y: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,9 +22,9 @@ with labels dropped to a null label with probability ``label_dropout`` (Ho & Sal
 Algorithm 1), and ``guidance: w`` samples with the classifier-free guided velocity
 ``(1 + w) v(x, t, y) - w v(x, t, null)`` (ibid., eq. 6 applied to the velocity, as in Esser et al. 2024:
 on the linear path v is affine in the score, so this is guidance of the score). w = 0 skips the null
-pass (the plain conditional sampler, bit for bit); w > 0 doubles the NFE per step. The likelihood
-of a conditional model is log p(x | y) with the test labels (``given="y"``) and the null-label model's
-(``given="null"``).
+pass (the plain conditional sampler, bit for bit); w > 0 doubles the NFE per step. Given the test
+labels, a conditional model's likelihoods are log p(x | y) (``given="y"``) and the null-label model's
+(``given="null"``); without labels it reports none (its log p(x) is a sum over classes, not computed).
 
 Likelihood (``ode``, kind ``estimate``): the instantaneous change of variables along the same
 ODE (Chen et al. 2018, Theorem 1; Grathwohl et al. 2019, FFJORD, eq. 4):
@@ -240,14 +240,12 @@ class FlowMatching(GenerativeModel):
             return []
         if not self.is_conditional:
             return [self._ode_likelihood(x, generator, self.averaged("net"), None)]
-        net, k = self.averaged("net"), self.spec.num_classes
-        out = []
-        if y is not None:  # log p(x | y) of the test labels
-            yl = y.to(x.device).long()
-            out.append(self._ode_likelihood(x, generator, lambda xt, t: net(xt, t, yl), "y"))
-        null = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)  # the null-label model
-        out.append(self._ode_likelihood(x, generator, lambda xt, t: net(xt, t, null), "null"))
-        return out
+        if y is None:  # log p(x) of a conditional model is a sum over classes: not computed
+            return []
+        net, yl = self.averaged("net"), y.to(x.device).long()
+        null = torch.full((x.shape[0],), self.spec.num_classes, dtype=torch.long, device=x.device)
+        return [self._ode_likelihood(x, generator, lambda xt, t: net(xt, t, yl), "y"),  # log p(x | y), test labels
+                self._ode_likelihood(x, generator, lambda xt, t: net(xt, t, null), "null")]  # the null-label model
 
     def _ode_likelihood(self, x: torch.Tensor, generator: torch.Generator, v_fn: VelocityFn,
                         given: Literal["y", "null"] | None) -> Likelihood:
