@@ -34,7 +34,7 @@ from bench.families.diffusion import Diffusion, DiffusionOptions  # noqa: E402
 from bench.families.flow_matching import FlowMatching, FlowMatchingOptions  # noqa: E402
 from bench.families.gan import GAN, GANOptions  # noqa: E402
 from bench.families.vae import VAE, VAEOptions  # noqa: E402
-from bench.metrics.features import ensure_domain_net, load_domain_net  # noqa: E402
+from bench.metrics.domain import ensure_domain_net, load_domain_net  # noqa: E402
 
 # name -> (family class, options, the sampling knob and its grid)
 MODELS: dict[str, tuple[type[GenerativeModel], Any, str | None, list[Any]]] = {
