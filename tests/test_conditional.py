@@ -380,3 +380,48 @@ def test_cvae_on_images_samples_and_bounds_given_labels():
     x = torch.randint(0, 256, (5, 1, 8, 8), generator=_gen()).to(torch.uint8)
     out = m.log_likelihood(x, _gen(), y)
     assert [lk.given for lk in out] == ["y", "y", None, None] and all(lk.log_prob.shape == (5,) for lk in out)
+
+
+def test_likelihood_evaluator_names_what_a_likelihood_is_of():
+    """Known answer: a stub whose log p(x | y) is -y nats and whose null-label model gives -1 nat; the
+    evaluator passes the test labels to a conditional model only, and names each quantity apart."""
+    from types import SimpleNamespace
+
+    from bench.data import load_dataset
+    from bench.families.base import Likelihood
+    from bench.metrics.likelihood import evaluate_likelihood
+
+    ds = load_dataset("digits")
+
+    def cond_ll(x, g, y):
+        return [Likelihood("exact", "exact", -y.double(), given="y"),
+                Likelihood("exact", "exact", -torch.ones(len(x)), given="null")]
+
+    cond = SimpleNamespace(family="stub", is_conditional=True, log_likelihood=cond_ll)
+    got = {m.name: m.value for m in evaluate_likelihood(cond, ds, torch.device("cpu"), torch.Generator(), 100, 30)}
+    assert set(got) == {"nll_nats_exact_given_y", "nll_bpd_exact_given_y", "nll_nats_exact_null_label",
+                        "nll_bpd_exact_null_label"}
+    assert got["nll_nats_exact_given_y"] == pytest.approx(ds.test_y[:100].double().mean().item())
+    assert got["nll_nats_exact_null_label"] == pytest.approx(1.0)
+    plain = SimpleNamespace(family="stub", is_conditional=False,
+                            log_likelihood=lambda x, g: [Likelihood("exact", "exact", -2 * torch.ones(len(x)))])
+    got = {m.name: m.value for m in evaluate_likelihood(plain, ds, torch.device("cpu"), torch.Generator(), 100, 30)}
+    assert got["nll_nats_exact"] == pytest.approx(2.0) and "nll_nats_exact_given_y" not in got
+
+
+@pytest.mark.parametrize("family, options, key", [("vae", {"conditional": True}, "conditional"),
+                                                  ("diffusion", {"classifier": True}, "classifier")])
+def test_unlabelled_data_refuses_models_that_need_labels(family, options, key):
+    import dataclasses
+
+    from bench.config import parse_suite
+    from bench.data import load_dataset
+    from bench.errors import BenchError
+    from bench.runner import check_labels
+
+    ds = load_dataset("digits")
+    bare = dataclasses.replace(ds, num_classes=0, train_y=torch.zeros_like(ds.train_y), test_y=torch.zeros_like(ds.test_y))
+    cfg = parse_suite(f"name: t\ndataset: digits\nmodels: [{{name: m, family: {family}, options: {options}}}]\n", "t.yaml")
+    check_labels(cfg, ds)  # labelled: fine
+    with pytest.raises(BenchError, match=f"models\\[0\\].options.{key}: dataset digits has no labels"):
+        check_labels(cfg, bare)
