@@ -421,7 +421,8 @@ def test_unlabelled_data_refuses_models_that_need_labels(family, options, key):
 
     ds = load_dataset("digits")
     bare = dataclasses.replace(ds, num_classes=0, train_y=torch.zeros_like(ds.train_y), test_y=torch.zeros_like(ds.test_y))
-    cfg = parse_suite(f"name: t\ndataset: digits\nmodels: [{{name: m, family: {family}, options: {options}}}]\n", "t.yaml")
+    text = f"name: t\ndataset: digits\nbudget: {{steps: 1}}\nmodels: [{{name: m, family: {family}, options: {options}}}]\n"
+    cfg = parse_suite(text, "t.yaml")
     check_labels(cfg, ds)  # labelled: fine
     with pytest.raises(BenchError, match=f"models\\[0\\].options.{key}: dataset digits has no labels"):
         check_labels(cfg, bare)
