@@ -124,8 +124,11 @@ def test_fid_kid_pr_equal_a_direct_torch_fidelity_call(digits):
         cache=False, verbose=False, save_cpu_ram=True,
     )
     assert ours["fid_domain"].value == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
-    assert ours["kid_domain"].value == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
-    assert ours["kid_domain_std"].value == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-6)
+    # KID: the same subsets and formula; torch-fidelity sums float32 kernel values (~1e2 here) in float32,
+    # bench.metrics.fast in float64, so they differ by torch-fidelity's float32 rounding (2.6e-5 relative
+    # here; tests/test_fast_metrics.py bounds both against the float64 value)
+    assert ours["kid_domain"].value == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
+    assert ours["kid_domain_std"].value == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-3)
     assert ours["precision_domain"].value == pytest.approx(theirs["precision"], abs=1e-12)
     assert ours["recall_domain"].value == pytest.approx(theirs["recall"], abs=1e-12)
     assert ours["fid_domain"].params["n_samples"] == 400 and ours["fid_domain"].params["n_reference"] == len(digits.test_x)
