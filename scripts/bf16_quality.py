@@ -64,7 +64,7 @@ def summarise(values: dict[str, dict[str, dict[str, list[float]]]], sigmas: floa
             delta, se = paired(a, b)
             entry = {"fp32": round(statistics.fmean(a), 4), "bf16": round(statistics.fmean(b), 4),
                      "delta": round(delta, 4), "se": round(se, 4)}
-            direction = METRICS[name].higher_is_better if name in METRICS else None
+            direction = METRICS.get(name).higher_is_better if name in METRICS else None
             if direction is not None and name != "steps":
                 bad = -delta if direction else delta  # > 0: bf16 is worse
                 entry["worse"] = bool(bad > sigmas * se) if math.isfinite(se) else None

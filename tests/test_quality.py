@@ -15,7 +15,8 @@ from scipy import linalg
 
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.metrics import caches, domain, fidelity
+import bench.io
+from bench.metrics import caches, domain, fast, fidelity
 from bench.metrics.quality import QualityOptions, evaluate_quality, feature_metrics, fid_from_features, quick_quality
 from bench.results import METRICS
 
@@ -174,6 +175,34 @@ def test_reference_features_are_cached_on_disk_and_reused(digits):
     again = caches.reference_features(digits, fidelity.domain_extractor(digits, CPU), 10_000, 100, CPU)
     assert torch.equal(again["features"], ref["features"])
     assert caches.reference_path(digits, ext, 100) != path  # the sample count is part of the key
+
+
+def test_real_statistics_are_cached_with_the_reference_and_reused(digits, monkeypatch):
+    """The first evaluation builds the reference's RealStats (FID moments, radii for pr_k and dc_k, KID sums)
+    into its cache file (sidecar rewritten); a later process reads them and computes nothing real-only."""
+    opts = QualityOptions(metrics=["fid", "kid", "precision_recall", "density_coverage"], kid_subsets=5,
+                          kid_subset_size=50, batch_size=100, n_reference=200)
+    first = _by_name(evaluate_quality(digits.train_x[:300], digits, opts, CPU))
+    ext = fidelity.domain_extractor(digits, CPU)
+    path = caches.reference_path(digits, ext, 200)
+    fidelity.clear_memory_caches()
+    on_disk = bench.io.cached_torch_file(path)  # checked against its sidecar
+    stats = fast.RealStats.from_state(on_disk["fast_stats"])
+    assert set(stats.radii) == {opts.pr_k, opts.dc_k} and len(stats.kid_sums) == 1 and stats.n == 200
+
+    ensure = fast.RealStats.ensure
+
+    def ensure_nothing_new(self, *args, **kwargs):
+        assert not ensure(self, *args, **kwargs), "real-only statistics recomputed"
+        return False
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("real-only statistics rebuilt")
+
+    monkeypatch.setattr(fast.RealStats, "build", no_build)
+    monkeypatch.setattr(fast.RealStats, "ensure", ensure_nothing_new)
+    again = _by_name(evaluate_quality(digits.train_x[:300], digits, opts, CPU))
+    assert {k: m.value for k, m in again.items()} == {k: m.value for k, m in first.items()}
 
 
 def test_toy2d_two_of_eight_modes():
