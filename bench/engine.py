@@ -79,8 +79,9 @@ def bf16_supported(device: torch.device) -> bool:
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
     """``auto`` as ``device`` decides it: bf16 where ``bf16_supported``, else fp32; any other value as given.
 
-    A family whose bf16 steps buy as much quality per step as fp32 ones and run >= 1.3x faster defaults to
-    ``auto`` (issue 12 part 3, scripts/bf16_quality.py); on a CPU without bf16 it trains exactly as before."""
+    Meant as a family default where bf16 buys >= 1.3x the steps with no loss in quality at equal seconds
+    (issue 12 part 3; measured by scripts/bf16_quality.py): on a device without bf16 such a family trains
+    exactly as before. No family defaults to it yet (docs/design.md says why)."""
     if precision != "auto":
         return precision
     return "bf16" if bf16_supported(device) else "fp32"

@@ -15,7 +15,7 @@ against the 10,000 MNIST test images in the domain feature space; likelihoods on
 Per model it prints the steps each precision bought, each headline metric's mean per precision,
 the paired difference bf16 - fp32 (mean and standard error over seeds) and ``worse``: whether
 bf16 is worse beyond ``--sigmas`` standard errors of the paired differences, in the metric's
-declared direction. Wall-clock budgets make every number depend on the load on the machine; the
+declared direction (density: further from its ideal 1). Wall-clock budgets make every number depend on the load on the machine; the
 1-minute load average is printed beside them. Prints one JSON object.
 """
 from __future__ import annotations
@@ -65,7 +65,10 @@ def summarise(values: dict[str, dict[str, dict[str, list[float]]]], sigmas: floa
             entry = {"fp32": round(statistics.fmean(a), 4), "bf16": round(statistics.fmean(b), 4),
                      "delta": round(delta, 4), "se": round(se, 4)}
             direction = METRICS.get(name).higher_is_better if name in METRICS else None
-            if direction is not None and name != "steps":
+            if name.startswith("density_"):  # its ideal is 1 (Naeem et al.): worse = further from 1
+                delta, se = paired([abs(v - 1) for v in a], [abs(v - 1) for v in b])
+                direction = False
+            if direction is not None:
                 bad = -delta if direction else delta  # > 0: bf16 is worse
                 entry["worse"] = bool(bad > sigmas * se) if math.isfinite(se) else None
             row[name] = entry
