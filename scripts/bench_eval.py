@@ -31,8 +31,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.data import Dataset, load_dataset  # noqa: E402
-from bench.metrics import coverage, fast  # noqa: E402
+from bench.metrics import coverage  # noqa: E402
 from bench.metrics.caches import reference_features  # noqa: E402
 from bench.metrics.fidelity import Extractor, domain_extractor  # noqa: E402
 from bench.metrics.quality import QualityOptions, feature_metrics, one_blas_thread  # noqa: E402
@@ -131,7 +132,7 @@ def run_case(name: str, samples: torch.Tensor | None, repeats: int) -> dict[str,
 
 def saved_samples(path: Path) -> torch.Tensor:
     """The first saved sample set (``<model>__seed<k>.npz``) of a run directory's samples/."""
-    first = sorted(path.glob("*.npz"))[0]
+    first = min(path.glob("*.npz"))
     return torch.from_numpy(np.load(first)["samples"])
 
 

@@ -30,6 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.config import Budget, EvalConfig, load_suite  # noqa: E402
@@ -90,7 +92,7 @@ def main() -> None:
     ap.add_argument("--sigmas", type=float, default=2.0, help="bf16 counts as worse beyond this many paired SEs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: the suite's)")
     args = ap.parse_args()
-    if not bf16_supported(__import__("torch").device("cpu")):
+    if not bf16_supported(torch.device("cpu")):
         raise SystemExit("this CPU has no bf16 support (AMX / AVX512-BF16): nothing to compare")
 
     path = ROOT / "suites" / "mnist.yaml"

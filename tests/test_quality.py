@@ -13,9 +13,9 @@ import pytest
 import torch
 from scipy import linalg
 
+import bench.io
 from bench.data import load_dataset
 from bench.errors import BenchError
-import bench.io
 from bench.metrics import caches, domain, fast, fidelity
 from bench.metrics.quality import QualityOptions, evaluate_quality, feature_metrics, fid_from_features, quick_quality
 from bench.results import METRICS

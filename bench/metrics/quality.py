@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -29,8 +28,8 @@ from threadpoolctl import threadpool_limits  # ships with scikit-learn
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.metrics import coverage, fast
-from bench.metrics.caches import reference_features, update_reference
 from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
+from bench.metrics.caches import reference_features, update_reference
 from bench.metrics.inception import UNAVAILABLE_IS
 from bench.results import Metric, MetricSpec, metric, unavailable
 
@@ -182,9 +181,9 @@ def fid_checked(gen: torch.Tensor, ref: dict[str, Any]) -> tuple[float | None, s
 
 
 def one_blas_thread():
-    """numpy's BLAS to one thread (torch-fidelity-era reason, kept for the numpy parts of ``fast``: the
-    float32 means): multi-threaded OpenBLAS on small matrices spins and is far slower on a busy 2-core
-    machine, and one thread also makes the numbers independent of the core count."""
+    """numpy's BLAS limited to one thread around the metrics: multi-threaded OpenBLAS spins on small
+    matrices on a busy 2-core machine (torch-fidelity's eigvals of a 128x128 matrix: 1.6 s vs 3 ms), and
+    one thread keeps numpy's share of the numbers (``fast``'s float32 means) independent of the core count."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
