@@ -37,7 +37,7 @@ from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
 from bench.results import CellRecord, cell_id
-from bench.engine import TrainSettings
+from bench.engine import TrainSettings, bf16_supported
 from bench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
                       torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
 from bench.store import LOCK_NAME, RunLock, RunStore, describe_owner, latest_run_dir, lock_holder, new_run_dir
@@ -98,6 +98,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "bf16_supported": bf16_supported(device),  # what train: {precision: auto} resolves to on this machine
     }
     root = Path(__file__).resolve().parent.parent
     try:
