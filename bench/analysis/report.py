@@ -1,11 +1,13 @@
 """The report's sections for the issue-9 analyses, derived from the records alone.
 
 ``sections(records)`` returns what the HTML report shows under "What generative models are for":
-tables as DataFrames and figures as PNG bytes; the report renders them like its own.
+tables as DataFrames and figures as PNG bytes; ``to_html(records)`` is that as one HTML fragment, the
+report's hook (``bench/report/html.py`` inserts it; empty when no cell has an analysis metric).
 """
 from __future__ import annotations
 
 import base64
+import html
 import math
 import re
 from dataclasses import dataclass, field
@@ -106,3 +108,17 @@ def ood_section(records: list[CellRecord]) -> Section | None:
 def sections(records: list[CellRecord]) -> list[Section]:
     """Every analysis section the records have data for, in a fixed order."""
     return [s for s in (classifier_section(records), memorization_section(records), ood_section(records)) if s]
+
+
+def to_html(records: list[CellRecord]) -> str:
+    """The sections as an HTML fragment in the report's classes (``t`` tables, ``grid`` of figures)."""
+    parts = []
+    for s in sections(records):
+        parts.append(f'<h2>{html.escape(s.title)}</h2>\n<p class="note">{html.escape(s.intro)}</p>')
+        parts += [f'<div class="scroll">{t.to_html(index=False, border=0, classes="t", na_rep="")}</div>'
+                  for t in s.tables]
+        figures = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
+                          f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+                          for caption, png in s.figures)
+        parts.append(f'<div class="grid">{figures}</div>' if figures else "")
+    return "\n".join(p for p in parts if p)
