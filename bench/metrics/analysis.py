@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -47,8 +47,9 @@ STREAM_CLASSIFY, STREAM_MEMORIZATION, STREAM_OOD = 4, 5, 6
 # ---------------------------------------------------------------------------------------------
 # classification
 
-Discriminative = Literal["logistic", "logistic_c1", "cnn"]  # bench.analysis.classify.CLASSIFIERS that are not naive Bayes
-NB_CURVES = ("nb_gaussian", "nb_categorical", "nb_gaussian_tuned", "nb_categorical_tuned")
+# bench.analysis.classify.CLASSIFIERS, split in two; *_tuned: smoothing chosen on the validation split
+NbCurve = Literal["nb_gaussian", "nb_categorical", "nb_gaussian_tuned", "nb_categorical_tuned"]
+Discriminative = Literal["logistic", "logistic_c1", "cnn"]
 
 CLASSIFICATION_METRICS: tuple[MetricSpec, ...] = (
     *(MetricSpec(f"bayes_accuracy_{est}", "", True, kind, role="info",
@@ -58,7 +59,7 @@ CLASSIFICATION_METRICS: tuple[MetricSpec, ...] = (
     *(MetricSpec(f"crossing_n_{gen}_{disc}", "examples", None, role="info",
                  description=f"training-set size after which {disc} stays more accurate than {gen} "
                              f"(Ng & Jordan 2002; log-linear interpolation of mean curves)")
-      for gen in NB_CURVES for disc in ("logistic", "logistic_c1", "cnn")),
+      for gen in get_args(NbCurve) for disc in get_args(Discriminative)),
 )
 
 
@@ -68,8 +69,8 @@ class CurveOptions(EvaluatorOptions):
     sizes: list[int | Literal["full"]] = [1, 2, 5, 10, 20, 50, 100, 200, 500, "full"]  # examples per class; full = the pool
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # subsets drawn per size
     val_size: int = Field(5000, gt=0)  # training images held out to choose C (and the smoothing, when tuned)
+    generative: list[NbCurve] = Field(["nb_gaussian", "nb_categorical"], min_length=1)  # naive Bayes variants
     against: list[Discriminative] = Field(["logistic"], min_length=1)  # discriminative classifiers
-    tuned: bool = False  # also naive Bayes with its smoothing chosen on the validation split
 
 
 class ClassificationOptions(EvaluatorOptions):
@@ -116,23 +117,22 @@ class ClassificationEvaluator(Evaluator):
                       per_class_models=per_class, **how)
                for r in measure.generative_classifier(classifier, ds, n, g, opts.batch_size)]
         if opts.curve is not None and isinstance(classifier, classify.NaiveBayesClasses):
-            out += self._curve(ctx, opts.curve, classifier.model.options.pixel_model)
+            out += self._curve(ctx, opts.curve)
         return out
 
-    def _curve(self, ctx: EvalContext, c: CurveOptions, pixel_model: str) -> list[Metric]:
+    def _curve(self, ctx: EvalContext, c: CurveOptions) -> list[Metric]:
         from bench.analysis import classify
 
         ds = ctx.dataset
-        gens = [f"nb_{pixel_model}"] + ([f"nb_{pixel_model}_tuned"] if c.tuned else [])
-        key = json.dumps([ds.name, len(ds.train_x), gens, c.model_dump()])
-        if key not in _CURVES:
+        key = json.dumps([ds.name, len(ds.train_x), c.model_dump()])
+        if key not in _CURVES:  # the same for every naive Bayes cell of the run: fitted once per process
             sizes = [None if s == "full" else s for s in c.sizes]
-            _CURVES[key] = classify.learning_curve(ds, sizes, c.seeds, gens + list(c.against), val_size=c.val_size)
+            _CURVES[key] = classify.learning_curve(ds, sizes, c.seeds, [*c.generative, *c.against], val_size=c.val_size)
         curve = _CURVES[key]
         # JSON has no NaN: the columns a classifier does not fill (chosen, per_class of the whole pool) become null
         ctx.curves["classifier_curve"] = curve.astype(object).where(curve.notna(), None).to_dict(orient="list")
         out = []
-        for gen in gens:
+        for gen in c.generative:
             for disc in c.against:
                 cross = classify.crossing_point(curve, gen, disc)
                 per_class = None if cross.n_train is None else cross.n_train / ds.num_classes
