@@ -69,12 +69,16 @@ def classifier_section(records: list[CellRecord]) -> Section | None:
                 "bound it is the argmax of bounds); naive Bayes against logistic regression over training-set sizes "
                 "(Ng & Jordan 2002) and where the discriminative curve overtakes for good (n = training examples).")
     s.tables += [t for t in (_mean_std(bayes), _mean_std(cross)) if not t.empty]
+    drawn: dict[str, list[str]] = {}  # the curve is the dataset's: naive Bayes cells of one run share it
     for model, data in curves.items():
-        curve = pd.DataFrame(data)
+        drawn.setdefault(repr(data), []).append(model)
+    for models in drawn.values():
+        curve = pd.DataFrame(curves[models[0]])
         gens = [c for c in dict.fromkeys(curve.classifier) if c.startswith("nb_")]
-        shown = {f"{g} -> {d}": crossing_point(curve, g, d) for g in gens[-1:] for d in ("logistic",)
+        shown = {f"{g} -> {d}": crossing_point(curve, g, d) for g in gens for d in ("logistic",)
                  if d in set(curve.classifier)}
-        s.figures.append((f"{model}: test accuracy over training-set size", learning_curves(curve, shown, model)))
+        title = ", ".join(models)
+        s.figures.append((f"{title}: test accuracy over training-set size", learning_curves(curve, shown, title)))
     return s
 
 
