@@ -93,7 +93,7 @@ class ClassificationEvaluator(Evaluator):
     metrics = CLASSIFICATION_METRICS
 
     def evaluate(self, ctx: EvalContext) -> list[Metric]:
-        from bench.analysis import classify, measure  # scikit-learn: see the module docstring
+        from bench.analysis import classify, measure, probes  # scikit-learn: see the module docstring
         from bench.config import Budget  # the suite schema imports this registry: a top-level import would be a cycle
 
         opts: ClassificationOptions = self.options  # type: ignore[assignment]
@@ -101,12 +101,13 @@ class ClassificationEvaluator(Evaluator):
         per_class = False
         try:
             classifier: Any = classify.class_conditional(model)
-        except BenchError as e:
+        except BenchError:
             if model.likelihood_kind == "none":
                 return [unavailable("bayes_accuracy_exact", f"family {model.family!r} has no likelihood")]
-            if opts.per_class_steps is None:
-                return [unavailable(f"bayes_accuracy_{_estimator_of(model)}",
-                                    f"{e}; or set eval.classification.per_class_steps")]
+            if opts.per_class_steps is None:  # n/a under the names the family's estimators would report
+                reason = (f"family {model.family!r} has no class-conditional likelihood; set "
+                          f"eval.classification.per_class_steps to classify with one model per class")
+                return [unavailable(f"bayes_accuracy_{est}", reason) for est in probes.log_likelihoods(model, ds.test_x[:1], g)]
             classifier = measure.train_per_class(model.family, model.options.model_dump(), ds,
                                                  Budget(steps=opts.per_class_steps), opts.per_class_batch_size, ctx.seed,
                                                  ctx.device)
@@ -135,15 +136,10 @@ class ClassificationEvaluator(Evaluator):
         for gen in c.generative:
             for disc in c.against:
                 cross = classify.crossing_point(curve, gen, disc)
-                per_class = None if cross.n_train is None else cross.n_train / ds.num_classes
+                per_class = None if cross.n_train is None else cross.n_train / ds.num_classes  # examples per class
                 out.append(metric(f"crossing_n_{gen}_{disc}", cross.n_train, note=cross.note if cross.n_train is None
                                   else "", per_class=per_class, how=cross.note, seeds=len(c.seeds)))
         return out
-
-
-def _estimator_of(model: Any) -> str:
-    """The name a family's likelihood estimator reports under (for the unavailable metric)."""
-    return {"exact": "exact", "lower_bound": "elbo", "estimate": "ode"}.get(model.likelihood_kind, "exact")
 
 
 register_evaluator("classification", ClassificationEvaluator)
