@@ -60,7 +60,8 @@ def _by_model(run_dir) -> dict:
 
 
 def test_every_metric_is_declared_by_the_evaluator_that_made_it(tiny_run):
-    groups = {name: {s.name for s in EVALUATORS.get(name).metrics} for name in ("classification", "memorization", "ood")}
+    names = ("classification", "memorization", "ood")
+    groups = {name: {s.name for s in EVALUATORS.get(name).metrics} for name in names}
     declared = set().union(*groups.values(), (s.name for s in EVALUATORS.get("cost").metrics))  # cost: every cell
     recs = _by_model(tiny_run)
     assert set(recs) == {"nb", "vae", "gan"} and all(r.status == "ok" for r in recs.values())
@@ -99,7 +100,8 @@ def test_the_tiny_suite_gives_the_expected_metrics(tiny_run):
 def test_the_report_shows_the_analysis_sections(tiny_run):
     recs = list(RunStore(tiny_run).records())
     page = render(tiny_run, {"run_id": "x"}, recs)
-    for title in ("Generative vs discriminative classifiers", "Memorization and novelty", "Out-of-distribution detection"):
+    titles = ("Generative vs discriminative classifiers", "Memorization and novelty", "Out-of-distribution detection")
+    for title in titles:
         assert f"<h2>{title}</h2>" in page
     assert page.count("data:image/png") >= 4  # the learning curve and three closest-pair grids
 

@@ -66,7 +66,8 @@ CLASSIFICATION_METRICS: tuple[MetricSpec, ...] = (
 class CurveOptions(EvaluatorOptions):
     """The generative-vs-discriminative learning curve (``bench.analysis.classify.learning_curve``)."""
 
-    sizes: list[int | Literal["full"]] = [1, 2, 5, 10, 20, 50, 100, 200, 500, "full"]  # examples per class; full = the pool
+    # examples per class of each point; full = the whole training pool
+    sizes: list[int | Literal["full"]] = [1, 2, 5, 10, 20, 50, 100, 200, 500, "full"]
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # subsets drawn per size
     val_size: int = Field(5000, gt=0)  # training images held out to choose C (and the smoothing, when tuned)
     generative: list[NbCurve] = Field(["nb_gaussian", "nb_categorical"], min_length=1)  # naive Bayes variants
@@ -107,10 +108,11 @@ class ClassificationEvaluator(Evaluator):
             if opts.per_class_steps is None:  # n/a under the names the family's estimators would report
                 reason = (f"family {model.family!r} has no class-conditional likelihood; set "
                           f"eval.classification.per_class_steps to classify with one model per class")
-                return [unavailable(f"bayes_accuracy_{est}", reason) for est in probes.log_likelihoods(model, ds.test_x[:1], g)]
-            classifier = measure.train_per_class(model.family, model.options.model_dump(), ds,
-                                                 Budget(steps=opts.per_class_steps), opts.per_class_batch_size, ctx.seed,
-                                                 ctx.device)
+                estimators = probes.log_likelihoods(model, ds.test_x[:1], g)
+                return [unavailable(f"bayes_accuracy_{est}", reason) for est in estimators]
+            budget = Budget(steps=opts.per_class_steps)
+            classifier = measure.train_per_class(model.family, model.options.model_dump(), ds, budget,
+                                                 opts.per_class_batch_size, ctx.seed, ctx.device)
             per_class = True
         n = opts.n_test or len(ds.test_x)
         how = {"per_class_steps": opts.per_class_steps} if per_class else {}
@@ -157,12 +159,14 @@ MEMORIZATION_METRICS: tuple[MetricSpec, ...] = (
                    description=f"P(a sample is nearer the training set than a test image is), {space} space: "
                                f"0.5 as novel as data, 1 copies (Mann-Whitney U / mn)"),
         MetricSpec(f"data_copying_ct_{space}", "", None, role="info",
-                   description=f"C_T of Meehan et al. 2020 (eq. 3), {space} space: < -3 data copying, > 0 underfitting"),
+                   description=f"C_T of Meehan et al. 2020 (eq. 3), {space} space: < -3 data copying, "
+                               f"> 0 underfitting"),
         MetricSpec(f"near_copy_share_{space}", "", False, role="info",
                    description=f"share of samples nearer the training set than the closest 1% of test images, "
                                f"{space} space (fresh data: about 0.01)"),
     )),
-    MetricSpec("exact_copy_share", "", False, role="info", description="share of samples identical to a training image"),
+    MetricSpec("exact_copy_share", "", False, role="info",
+               description="share of samples identical to a training image"),
     MetricSpec("nll_gap_bpd", "bits/dim", None, role="info",
                description="mean test NLL minus mean train NLL (> 0: the model prefers its training images)"),
 )
@@ -198,7 +202,8 @@ class MemorizationEvaluator(Evaluator):
         for space in opts.spaces:
             if space == "domain" and not ds.has_labels:
                 reason = f"no labels: dataset {ds.name!r} has no domain classifier"
-                out += [unavailable(f"{m}_domain", reason) for m in ("closer_share", "data_copying_ct", "near_copy_share")]
+                out += [unavailable(f"{m}_domain", reason)
+                        for m in ("closer_share", "data_copying_ct", "near_copy_share")]
                 continue
             mem = measure.memorization(samples, ds, space, ctx.device, opts.n_test, opts.n_pairs, opts.cells, ctx.seed)
             p = {"n_samples": mem.n_samples, "n_test": mem.n_test, "n_train": mem.n_train}
@@ -251,7 +256,8 @@ class OodOptions(EvaluatorOptions):
     batch_size: int = Field(500, gt=0)  # images per log-likelihood call
 
 
-_BACKGROUNDS: dict[tuple[str, int, str], Any] = {}  # (dataset, training images, pixel model) -> naive Bayes, per process
+# (dataset, training images, pixel model) -> the naive Bayes background, fitted once per process
+_BACKGROUNDS: dict[tuple[str, int, str], Any] = {}
 
 
 class OodEvaluator(Evaluator):
@@ -271,8 +277,8 @@ class OodEvaluator(Evaluator):
             raise BenchError(f"eval.ood.sets: {ds.name!r} is the evaluated dataset itself; choose from "
                              f"{', '.join(s for s in OOD_SETS if s != ds.name)}")
         if model.likelihood_kind == "none" and not probes.has_encoder(model):
-            return [unavailable(f"ood_auroc_{s}_nll", f"family {model.family!r} has neither a likelihood nor an encoder")
-                    for s in opts.sets]
+            reason = f"family {model.family!r} has neither a likelihood nor an encoder"
+            return [unavailable(f"ood_auroc_{s}_nll", reason) for s in opts.sets]
         key = (ds.name, len(ds.train_x), opts.background)
         if model.likelihood_kind != "none" and key not in _BACKGROUNDS:
             _BACKGROUNDS[key] = measure.background_model(ds, opts.background)
