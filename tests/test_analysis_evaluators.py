@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
 from bench.analysis import measure
 from bench.config import EvalConfig, load_suite, parse_suite
@@ -18,7 +19,6 @@ from bench.metrics.base import EvalContext
 from bench.report.html import render
 from bench.runner import run_suite
 from bench.store import RunStore
-from conftest import ROOT, run_cli
 
 CPU = torch.device("cpu")
 

@@ -67,7 +67,7 @@ class CurveOptions(EvaluatorOptions):
     """The generative-vs-discriminative learning curve (``bench.analysis.classify.learning_curve``)."""
 
     # examples per class of each point; full = the whole training pool
-    sizes: list[int | Literal["full"]] = [1, 2, 5, 10, 20, 50, 100, 200, 500, "full"]
+    sizes: list[int | Literal["full"]] = Field([1, 2, 5, 10, 20, 50, 100, 200, 500, "full"], min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # subsets drawn per size
     val_size: int = Field(5000, gt=0)  # training images held out to choose C (and the smoothing, when tuned)
     generative: list[NbCurve] = Field(["nb_gaussian", "nb_categorical"], min_length=1)  # naive Bayes variants
