@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.executors import Executor, Shared, TaskFailure, check_executor, make_executor, note_executor
+from bench.executors import Executor, Shared, TaskFailure, check_executor, executing, make_executor
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
@@ -385,7 +385,7 @@ def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.
     probe = ds.test_x[:256]
     if "quality" in cfg.eval.metrics:
         evaluate_quality(probe, ds, cfg.eval.options("quality"), device)
-    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
+    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every and (ds.kind == "points" or ds.has_labels):
         quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
     return Shared((train_ds, ds), cache_files_in_use())
 
@@ -525,16 +525,9 @@ def run_suite(
                       f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
                       f"{_headline(rec)}", flush=True)
 
-        try:
-            if not quiet:
-                print(f"executor: {pool.describe()['setup']}", flush=True)
+        with executing(pool, run_dir, "cells", quiet):
             pool.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
                          label=lambda spec: f"cell {spec.cell.id}")
-        except KeyboardInterrupt:
-            raise BenchError(f"interrupted; finished cells are kept: rerun with --resume --out {run_dir}") from None
-        finally:
-            note_executor(run_dir, pool.describe())
-            pool.close()
         if not quiet:
             print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 

@@ -25,6 +25,7 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.families.naive_bayes import NaiveBayesOptions
+from bench.metrics.fidelity import domain_extractor
 from bench.train import TrainContext, train
 
 Space = Literal["pixel", "domain"]
@@ -70,10 +71,6 @@ def embed(x: torch.Tensor, ds: Dataset, space: Space, device: torch.device) -> t
     """Points of ``x`` (uint8 images) in the space distances are measured in: pixels in [0, 1], or domain features."""
     if space == "pixel":
         return flat_pixels(x)
-    # torch-fidelity (under bench.metrics.fidelity) imports torchvision, ~2.5 s: only the domain space pays it,
-    # and `bench list` (which imports the evaluators, hence this module) stays fast
-    from bench.metrics.fidelity import domain_extractor
-
     return domain_extractor(ds, device).extract(x, 1000, device)["features"]
 
 
