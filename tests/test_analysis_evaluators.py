@@ -52,7 +52,10 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis")
     suite = tmp / "tiny.yaml"
     suite.write_text(TINY.lstrip())
-    return run_suite(load_suite(suite), suite, out=tmp / "run", quiet=True)
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield run_suite(load_suite(suite), suite, out=tmp / "run", quiet=True)
+    # run_suite switches deterministic algorithms on and leaves them so; later tests in this process check the flag
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
 
 
 def _by_model(run_dir) -> dict:
