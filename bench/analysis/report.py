@@ -1,11 +1,13 @@
 """The report's sections for the issue-9 analyses, derived from the records alone.
 
 ``sections(records)`` returns what the HTML report shows under "What generative models are for":
-tables as DataFrames and figures as PNG bytes; the report renders them like its own.
+tables as DataFrames and figures as PNG bytes; ``to_html(records)`` is that as one HTML fragment, the
+report's hook (``bench/report/html.py`` inserts it; empty when no cell has an analysis metric).
 """
 from __future__ import annotations
 
 import base64
+import html
 import math
 import re
 from dataclasses import dataclass, field
@@ -67,12 +69,16 @@ def classifier_section(records: list[CellRecord]) -> Section | None:
                 "bound it is the argmax of bounds); naive Bayes against logistic regression over training-set sizes "
                 "(Ng & Jordan 2002) and where the discriminative curve overtakes for good (n = training examples).")
     s.tables += [t for t in (_mean_std(bayes), _mean_std(cross)) if not t.empty]
+    drawn: dict[str, list[str]] = {}  # the curve is the dataset's: naive Bayes cells of one run share it
     for model, data in curves.items():
-        curve = pd.DataFrame(data)
+        drawn.setdefault(repr(data), []).append(model)
+    for models in drawn.values():
+        curve = pd.DataFrame(curves[models[0]])
         gens = [c for c in dict.fromkeys(curve.classifier) if c.startswith("nb_")]
-        shown = {f"{g} -> {d}": crossing_point(curve, g, d) for g in gens[-1:] for d in ("logistic",)
+        shown = {f"{g} -> {d}": crossing_point(curve, g, d) for g in gens for d in ("logistic",)
                  if d in set(curve.classifier)}
-        s.figures.append((f"{model}: test accuracy over training-set size", learning_curves(curve, shown, model)))
+        title = ", ".join(models)
+        s.figures.append((f"{title}: test accuracy over training-set size", learning_curves(curve, shown, title)))
     return s
 
 
@@ -106,3 +112,17 @@ def ood_section(records: list[CellRecord]) -> Section | None:
 def sections(records: list[CellRecord]) -> list[Section]:
     """Every analysis section the records have data for, in a fixed order."""
     return [s for s in (classifier_section(records), memorization_section(records), ood_section(records)) if s]
+
+
+def to_html(records: list[CellRecord]) -> str:
+    """The sections as an HTML fragment in the report's classes (``t`` tables, ``grid`` of figures)."""
+    parts = []
+    for s in sections(records):
+        parts.append(f'<h2>{html.escape(s.title)}</h2>\n<p class="note">{html.escape(s.intro)}</p>')
+        parts += [f'<div class="scroll">{t.to_html(index=False, border=0, classes="t", na_rep="")}</div>'
+                  for t in s.tables]
+        figures = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
+                          f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+                          for caption, png in s.figures)
+        parts.append(f'<div class="grid">{figures}</div>' if figures else "")
+    return "\n".join(p for p in parts if p)

@@ -15,6 +15,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from bench.analysis import report as analysis_report
 from bench.errors import BenchError
 from bench.io import read_npz
 from bench.metrics.base import axis, headline
@@ -239,4 +240,5 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
         stability_legend=[(n, METRICS.get(n).description) for n in headline(("stability",))],
         samples=_sample_figures(run_dir, records, real_points),
         trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
+        analysis=analysis_report.to_html(records),  # issue 9's sections (bench/analysis/report.py); "" without them
     )
