@@ -17,8 +17,11 @@ def suite_order(records: list, config: dict) -> list:
     Models the config does not name (a hand-edited run) come last, by name.
     """
     from bench.config import Budget
+    from bench.sweep import grid
 
     names = [m.get("name") for m in config.get("models") or [] if isinstance(m, dict)]
+    sweeps = {m.get("name"): grid(m["sweep"]) for m in config.get("models") or [] if isinstance(m, dict)
+              and isinstance(m.get("sweep"), dict) and m["sweep"]}
     try:
         labels = [Budget(**b).label for b in config.get("budgets") or []]
     except Exception:  # noqa: BLE001 - a config we cannot read only costs the ordering
@@ -26,8 +29,9 @@ def suite_order(records: list, config: dict) -> list:
 
     def key(r) -> tuple:
         base, _, label = r.model.partition("@")
+        points = sweeps.get(base, [])
         return (names.index(base) if base in names else len(names), labels.index(label) if label in labels else -1,
-                r.model, r.seed)
+                r.model, points.index(r.sweep) + 1 if r.sweep in points else 0, r.row, r.seed)
 
     return sorted(records, key=key)
 

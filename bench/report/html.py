@@ -133,19 +133,19 @@ def _loss_curves(records: list[CellRecord]) -> str | None:
 def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray | None) -> list[dict[str, str]]:
     out, seen = [], set()
     for r in sorted(records, key=lambda r: (r.model, r.seed)):
-        if r.model in seen or "samples" not in r.artifacts:
+        if r.row in seen or "samples" not in r.artifacts:
             continue
         p = run_dir / r.artifacts["samples"]
         if not p.is_file():
             continue
-        fig = {"model": r.model, "family": r.family, "seed": str(r.seed), "uri": "", "error": ""}
+        fig = {"model": r.row, "family": r.family, "seed": str(r.seed), "uri": "", "error": ""}
         try:
             s = read_npz(p, "samples file")["samples"]
             fig["uri"] = _data_uri(plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real))
         except (BenchError, KeyError) as e:  # a corrupted samples file is shown as such, never drawn
             fig["error"] = str(e) if isinstance(e, BenchError) else f"{p}: has no 'samples' array"
         out.append(fig)
-        seen.add(r.model)
+        seen.add(r.row)
     return out
 
 

@@ -6,17 +6,18 @@ import math
 import pandas as pd
 
 from bench.metrics import EVALUATORS  # noqa: F401  (registers the built-in evaluators: the tables read their metadata)
-from bench.results import METRICS, CellRecord
+from bench.results import METRICS, CellRecord, point_label
 
-TIDY_COLUMNS = ["suite", "run_id", "model", "family", "seed", "status", "metric", "value", "unit", "kind",
+TIDY_COLUMNS = ["suite", "run_id", "model", "sweep", "family", "seed", "status", "metric", "value", "unit", "kind",
                 "higher_is_better", "group", "params", "note"]
 
 
 def tidy(records: list[CellRecord]) -> pd.DataFrame:
-    """One row per model x seed x metric (also spent budget, as metrics named ``spent_*``)."""
+    """One row per model x seed x metric (also spent budget, as metrics named ``spent_*``). ``model`` is the
+    record's row: a sweep point is a model of its own (``diffusion[sample_steps=5]``), ``sweep`` its point."""
     rows = []
     for r in records:
-        base = {"suite": r.suite, "run_id": r.run_id, "model": r.model, "family": r.family, "seed": r.seed,
+        base = {"suite": r.suite, "run_id": r.run_id, "model": r.row, "sweep": point_label(r.sweep), "family": r.family, "seed": r.seed,
                 "status": r.status}
         for m in r.metrics:
             group = METRICS.get(m.name).group if m.name in METRICS else ""
@@ -52,9 +53,9 @@ def unavailable(records: list[CellRecord]) -> dict[tuple[str, str], str]:
             continue
         for m in r.metrics:
             if m.value is not None and math.isfinite(m.value):
-                valued.add((r.model, m.name))
+                valued.add((r.row, m.name))
             elif m.note:
-                notes.setdefault((r.model, m.name), m.note)
+                notes.setdefault((r.row, m.name), m.note)
     return {k: v for k, v in notes.items() if k not in valued}
 
 
@@ -63,7 +64,7 @@ def status_table(records: list[CellRecord]) -> pd.DataFrame:
     rows = []
     by: dict[str, list[CellRecord]] = {}
     for r in records:
-        by.setdefault(r.model, []).append(r)
+        by.setdefault(r.row, []).append(r)
     for model, rs in by.items():
         spent = [r.spent for r in rs if r.spent]
         mean = lambda k: (sum(s.get(k, 0) or 0 for s in spent) / len(spent)) if spent else math.nan  # noqa: E731
