@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -79,6 +80,48 @@ def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylab
         ax.set_yscale("symlog")
     if x_log:
         ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list[tuple[str, float, float]],
+                front: list[tuple[float, float]], xlabel: str, ylabel: str) -> bytes:
+    """Quality against sampling cost (log x): a line per swept sampler, a labelled marker per one-shot model, and
+    the Pareto frontier of all of them as a dashed staircase."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", ms=4, label=name)
+    for name, x, y in markers:
+        ax.scatter([x], [y], marker="D", s=36, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if len(front) > 1:
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", ls="--", c="0.3", lw=1, label="Pareto frontier")
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 5, 10, 50: not 5x10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if lines or len(front) > 1:
+        ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def traces(series: dict[str, tuple[list[float], list[float], list[str]]], xlabel: str, ylabel: str) -> bytes:
+    """Paths traced by a knob (precision vs recall as guidance grows): a line per model, each point labelled with
+    its knob value."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, (xs, ys, labels) in series.items():
+        ax.plot(xs, ys, marker="o", ms=4, label=name)
+        for x, y, text in zip(xs, ys, labels):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
