@@ -6,10 +6,12 @@ import torch
 from torch import nn
 
 from bench.compare import compare_runs
-from bench.config import load_suite, parse_suite
+from bench.config import EvalConfig, load_suite, parse_suite
+from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.families.base import DataSpec
-from bench.metrics.controllability import controllability, nearest_mode
+from bench.families.base import DataSpec, FamilyOptions, GenerativeModel
+from bench.metrics.base import EvalContext
+from bench.metrics.controllability import ControllabilityEvaluator, controllability, nearest_mode
 from bench.nfe import count_calls, measure_nfe
 from bench.runner import run_suite
 from bench.store import RunStore
@@ -127,3 +129,43 @@ def test_controllability_known_answers():
 def test_nearest_mode_is_the_mixtures_classifier():
     means = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
     assert nearest_mode(torch.tensor([[0.1, 0.0], [1.9, 0.3], [0.9, 0.0]]), means).tolist() == [0, 1, 0]
+
+
+class _ModeOracle(GenerativeModel):
+    """A conditional 'model' of a 2-D mixture that puts sample i exactly on mode y[i] (or always on mode 0)."""
+
+    family = "mode_oracle"
+    conditional_capable = True
+
+    class Options(FamilyOptions):
+        conditional: bool = True
+        constant: bool = False
+
+    def __init__(self, spec, options, means):
+        super().__init__(spec, options)
+        self.means = means
+
+    def sample(self, n, generator, y=None):
+        y = self.sample_labels(n, generator) if y is None else y
+        return self.means[torch.zeros_like(y) if self.options.constant else y]
+
+
+@pytest.mark.parametrize("constant, expected, tol", [(False, 1.0, 0.0), (True, 1 / 8, 0.02)])
+def test_controllability_of_an_oracle_and_of_a_constant_model(constant, expected, tol):
+    ds = load_dataset("toy2d", {"pattern": "ring8", "n_train": 800, "n_test": 200})
+    spec = DataSpec("points", (2,), 8, tuple(ds.class_frequencies().tolist()))
+    model = _ModeOracle(spec, _ModeOracle.Options(constant=constant), ds.mixture.means)
+    ctx = EvalContext(model, ds, EvalConfig(n_samples=4000), torch.device("cpu"), seed=0)
+    (m,) = ControllabilityEvaluator().evaluate(ctx)
+    assert m.value == pytest.approx(expected, abs=tol)
+    assert len(m.params["per_class"]) == 8
+    if constant:  # every sample lands on mode 0: right exactly when class 0 was asked for
+        assert m.params["per_class"][0] == 1.0 and set(m.params["per_class"][1:]) == {0.0}
+
+
+def test_controllability_of_an_unconditional_model_is_unavailable_with_the_reason():
+    ds = load_dataset("toy2d", {"pattern": "ring8", "n_train": 800, "n_test": 200})
+    spec = DataSpec("points", (2,), 8, tuple(ds.class_frequencies().tolist()))
+    model = _ModeOracle(spec, _ModeOracle.Options(conditional=False), ds.mixture.means)
+    (m,) = ControllabilityEvaluator().evaluate(EvalContext(model, ds, EvalConfig(n_samples=100), torch.device("cpu"), 0))
+    assert m.value is None and "not conditional" in m.note

@@ -53,11 +53,17 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     out = {"json": run_dir / "results.json", "csv": run_dir / "results.csv", "html": run_dir / "index.html"}
     atomic_write_json(out["json"], {**meta, "records": [r.to_dict() for r in records]})
     atomic_write_text(out["csv"], tables.tidy(records).to_csv(index=False))
-    real = None
+    real = log_density = None
     if config.get("dataset", {}).get("name") == "toy2d":
+        import torch
+
         from bench.data import load_dataset
 
         ds_cfg = dict(config["dataset"])
-        real = load_dataset(ds_cfg.pop("name"), ds_cfg).test_x.numpy()
-    atomic_write_text(out["html"], html.render(run_dir, meta, records, real))
+        ds = load_dataset(ds_cfg.pop("name"), ds_cfg)
+        real = ds.test_x.numpy()
+        if ds.mixture is not None:
+            mixture = ds.mixture
+            log_density = lambda pts: mixture.log_prob(torch.from_numpy(pts).float()).numpy()  # noqa: E731
+    atomic_write_text(out["html"], html.render(run_dir, meta, records, real, log_density))
     return out

@@ -9,6 +9,7 @@ import base64
 import html
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -139,7 +140,8 @@ def _sample_captions(summary: pd.DataFrame, names: list[str | None]) -> dict[str
 
 
 def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray | None,
-                    captions: dict[str, str] | None = None) -> list[dict[str, str]]:
+                    captions: dict[str, str] | None = None,
+                    density: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict[str, str]]:
     out, seen = [], set()
     for r in sorted(records, key=lambda r: (r.model, r.seed)):
         if r.row in seen or "samples" not in r.artifacts:
@@ -151,7 +153,8 @@ def _sample_figures(run_dir: Path, records: list[CellRecord], real: np.ndarray |
                "numbers": (captions or {}).get(r.row, "")}
         try:
             s = read_npz(p, "samples file")["samples"]
-            fig["uri"] = _data_uri(plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real))
+            fig["uri"] = _data_uri(plots.image_grid(s) if s.ndim == 4 else plots.points_scatter(s, real,
+                                                                                                 log_density=density))
         except (BenchError, KeyError) as e:  # a corrupted samples file is shown as such, never drawn
             fig["error"] = str(e) if isinstance(e, BenchError) else f"{p}: has no 'samples' array"
         out.append(fig)
@@ -303,7 +306,10 @@ def _knob_figures(info: dict[str, CellRecord], means: dict[str, dict[str, float]
     return figs
 
 
-def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_points: np.ndarray | None = None) -> str:
+def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_points: np.ndarray | None = None,
+           log_density: Callable[[np.ndarray], np.ndarray] | None = None) -> str:
+    """The report's HTML. ``real_points`` (toy2d: the test split) and ``log_density`` (its true log-density, (M, 2)
+    -> (M,)) are what 2-D samples are drawn over."""
     summary = tables.summary(records)
     valued = set(summary.metric) if not summary.empty else set()
     reported = valued | {name for _, name in tables.unavailable(records)}  # with a value, or n/a and why
@@ -363,6 +369,7 @@ def render(run_dir: Path, meta: dict[str, Any], records: list[CellRecord], real_
         headline_figure=headline_fig, sweep_figures=sweep_figs, pareto=pareto,
         stability=_table_html(_stability_table(trained, q), index=False),
         stability_legend=[(n, METRICS.get(n).description) for n in headline(("stability",))],
-        samples=_sample_figures(run_dir, records, real_points, _sample_captions(summary, [q, c, s])),
+        samples=_sample_figures(run_dir, records, real_points,
+                                _sample_captions(summary, [q, c, "modes_covered", "controllability", s]), log_density),
         trilemma_axes={"quality": q, "coverage": c, "speed": s}, escape=html.escape,
     )
