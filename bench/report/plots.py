@@ -92,11 +92,16 @@ def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylab
         ax.set_yscale("symlog")
     if x_log:
         ax.set_xscale("log")
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(series))
+
+
+def _labelled(fig, ax, xlabel: str, ylabel: str, legend: bool) -> bytes:
+    """Axis labels, a light grid and the legend (where there are named lines), then the PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 
@@ -118,12 +123,7 @@ def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both")
-    if lines or len(front) > 1:
-        ax.legend(fontsize=7, loc="best")
-    return _png(fig)
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(lines) or len(front) > 1)
 
 
 def traces(series: dict[str, tuple[list[float], list[float], list[str]]], xlabel: str, ylabel: str) -> bytes:
@@ -134,9 +134,4 @@ def traces(series: dict[str, tuple[list[float], list[float], list[str]]], xlabel
         ax.plot(xs, ys, marker="o", ms=4, label=name)
         for x, y, text in zip(xs, ys, labels):
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=7)
-    return _png(fig)
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(series))
