@@ -42,19 +42,23 @@ def points_scatter(samples: np.ndarray, real: np.ndarray | None = None, n: int =
                    log_density: Callable[[np.ndarray], np.ndarray] | None = None) -> bytes:
     """2-D samples (orange) over the true density (grey shading, ``log_density``: (M, 2) -> (M,) nats) where it is
     known, else over real data (grey points)."""
-    fig, ax = plt.subplots(figsize=(3, 3))
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
     if log_density is not None and real is not None:
         lo, hi = real.min(axis=0), real.max(axis=0)
         pad = 0.15 * (hi - lo)
-        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 240),
-                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 240))
-        p = np.exp(log_density(np.stack([gx.ravel(), gy.ravel()], 1))).reshape(gx.shape)  # (240, 240)
-        # square root: thin modes stay visible next to the grid's empty space
+        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 300),
+                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 300))
+        p = np.exp(log_density(np.stack([gx.ravel(), gy.ravel()], 1))).reshape(gx.shape)  # (300, 300)
+        # square root: thin modes stay visible next to the empty space between them
         ax.imshow(np.sqrt(p), origin="lower", cmap="Greys", extent=(gx[0, 0], gx[0, -1], gy[0, 0], gy[-1, 0]),
-                  aspect="auto", alpha=0.8)
-    elif real is not None:
-        ax.scatter(real[:n, 0], real[:n, 1], s=2, c="0.7", label="data")
-    ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", label="samples")
+                  aspect="auto", alpha=0.6)
+        ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", alpha=0.5, label="samples")
+        # drawn over the samples: where the true density is 1% of its peak (a Gaussian mode's 3-std ring)
+        ax.contour(gx, gy, p, levels=[0.011 * p.max()], colors="k", linewidths=0.7)
+    else:
+        if real is not None:
+            ax.scatter(real[:n, 0], real[:n, 1], s=2, c="0.7", label="data")
+        ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", label="samples")
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
