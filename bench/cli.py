@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="skip finished trials of the latest (or --out) tuning run")
     t.add_argument("--dry-run", action="store_true", help="print the plan (spaces, objective, split) and exit")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--executor", choices=["local", "ray"], help="where trials run (default: the suite's executor:, "
+                   "else local): ray = one Ray task per trial, a round (trial k of every model) at once")
+    t.add_argument("--address", help="with --executor ray: a running Ray cluster (auto, host:6379, ray://host:10001)")
     t.add_argument("--reports-root", type=Path, default=Path("reports"), help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a suite file and print its resolved plan")
@@ -165,7 +168,8 @@ def _cmd_tune(cfg, args: argparse.Namespace) -> int:
         raise BenchError(f"--trials: need at least 1 trial per model, got {args.trials}")
     run_dir = tune_suite(cfg, args.suite, trials=args.trials, sampler=args.sampler, objective=args.objective,
                          only=args.only, out=args.out, reports_root=args.reports_root, resume=args.resume,
-                         dry_run=args.dry_run, quiet=args.quiet)
+                         dry_run=args.dry_run, quiet=args.quiet,
+                         executor=_executor(cfg.executor, args.executor, args.address))
     if run_dir is not None:
         print(f"tuning report: {run_dir / 'tuning.html'}\ntuned suite: {run_dir / 'tuned-suite.yaml'}")
     return 0

@@ -29,7 +29,8 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -369,6 +370,21 @@ def make_executor(cfg: ExecutorConfig, *, suite_threads: int | None, device: Lit
         raise BenchError(f"executor.ray.num_cpus ({r.num_cpus:g}) differs from threads ({suite_threads}): a Ray cell runs "
                          f"torch on num_cpus threads; drop one of them or make them equal")
     return RayExecutor(r.address, r.num_cpus or suite_threads or 1, r.num_gpus, device, quiet)
+
+
+@contextmanager
+def executing(pool: Executor, run_dir: Path, what: str, quiet: bool) -> Iterator[None]:
+    """The frame of a run's tasks: the executor announced, Ctrl-C turned into a resumable one-line message,
+    and the executor recorded in ``environment.json`` and closed however the tasks end."""
+    try:
+        if not quiet:
+            print(f"executor: {pool.describe()['setup']}", flush=True)
+        yield
+    except KeyboardInterrupt:
+        raise BenchError(f"interrupted; finished {what} are kept: rerun with --resume --out {run_dir}") from None
+    finally:
+        note_executor(run_dir, pool.describe())
+        pool.close()
 
 
 def note_executor(run_dir: Path, info: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.executors import Executor, Shared, TaskFailure, check_executor, make_executor, note_executor
+from bench.executors import Executor, Shared, TaskFailure, check_executor, executing, make_executor
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
@@ -565,19 +565,12 @@ def run_suite(
                       f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
                       f"{_headline(rec)}", flush=True)
 
-        try:
-            if not quiet:
-                print(f"executor: {pool.describe()['setup']}", flush=True)
+        with executing(pool, run_dir, "cells", quiet):
             shared = shared_data(cfg, train_ds, ds, device) if todo or point_specs else None
             pool.run_all(execute_cell, specs, finish, shared, label=lambda spec: f"cell {spec.cell.id}")
             # 3b. sweep points: their cells are all recorded (and checkpointed) now, so points may run anywhere
             if point_specs:
                 pool.run_all(execute_cell, point_specs, finish, shared, label=lambda spec: f"sweep point {spec.id}")
-        except KeyboardInterrupt:
-            raise BenchError(f"interrupted; finished cells are kept: rerun with --resume --out {run_dir}") from None
-        finally:
-            note_executor(run_dir, pool.describe())
-            pool.close()
         if not quiet:
             print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 

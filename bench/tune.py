@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -48,13 +50,14 @@ import yaml
 from pydantic import ValidationError
 
 from bench.metrics import EVALUATORS  # importing it registers every metric: objectives are looked up by name
-from bench.config import Budget, ModelConfig, SuiteConfig, parse_suite
+from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite
 from bench.data import Dataset, ValidationOptions, load_dataset, validation_split
 from bench.errors import BenchError
+from bench.executors import TaskFailure, check_executor, executing, make_executor
 from bench.families import FAMILIES
 from bench.io import atomic_write_json, atomic_write_text
 from bench.results import METRICS, CellRecord
-from bench.runner import Cell, fresh_run_dir, resolve_device, run_cell, start_run
+from bench.runner import Cell, fresh_run_dir, resolve_device, run_cell, shared_data, start_run
 from bench.space import BATCH_SIZE, Space, TuningConfig, describe_space, model_space, space_problem, space_to_json
 from bench.store import RunStore
 
@@ -196,21 +199,42 @@ def propose(space: Space, history: list[Trial], tuning: TuningConfig, direction:
     return {k: space[k].tidy(v) for k, v in trial.params.items()}
 
 
+Job = tuple[Study, int, dict[str, Any], Literal["defaults", "sampler"]]  # a study's trial k with its parameters
+RoundRunner = Callable[[list[Job], Callable[[Trial], None]], None]
+
+
+def one_by_one(jobs: list[Job], done: Callable[[Trial], None]) -> None:
+    """Run a round's trials here, in order, each handed to ``done`` as it finishes."""
+    for s, k, params, source in jobs:
+        done(s.run(k, params, source))
+
+
 def search(studies: list[Study], n_trials: int, tuning: TuningConfig, direction: Direction, store: TrialStore,
-           on_trial: Callable[[Trial, int], None] | None = None) -> None:
-    """Run every missing trial, round-robin over the studies; finished trials on disk are skipped."""
+           on_trial: Callable[[Trial, int], None] | None = None, run_round: RoundRunner = one_by_one) -> None:
+    """Run every missing trial, round-robin over the studies; finished trials on disk are skipped.
+
+    Round k holds trial k of every study. A proposal depends only on its own study's trials before k, so
+    the trials of one round are independent of each other: ``run_round`` may run them at once (an executor)
+    and in any order, and the proposals are those of a run that ran them one by one.
+    """
     for k in range(n_trials):
+        jobs: list[Job] = []
         for s in studies:
             if store.has(s.name, k) or (k > 0 and not s.space):  # nothing to search: the suite's settings only
                 continue
             if k == 0 and tuning.include_defaults:
-                t = s.run(k, dict(s.defaults), "defaults")
+                jobs.append((s, k, dict(s.defaults), "defaults"))
             else:
                 history = [t for t in store.load(s.name) if t.number < k]
-                t = s.run(k, propose(s.space, history, tuning, direction, s.name, k), "sampler")
+                jobs.append((s, k, propose(s.space, history, tuning, direction, s.name, k), "sampler"))
+
+        def done(t: Trial) -> None:
             store.write(t)
             if on_trial:
                 on_trial(t, n_trials)
+
+        if jobs:
+            run_round(jobs, done)
 
 
 def best_trial(trials: list[Trial], direction: Direction) -> Trial | None:
@@ -381,6 +405,51 @@ def _label_validation(rec: CellRecord) -> None:
                 m.params[key] = "validation"
 
 
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial as a unit of work for an executor (picklable; the datasets travel once, in ``Shared``)."""
+
+    plan: ModelPlan
+    number: int
+    params: dict[str, Any]
+    source: Literal["defaults", "sampler"]
+    cfg: SuiteConfig  # the suite as trials see it
+    run_dir: Path  # absolute: the tuning run's directory (artefacts go there where the worker can see it)
+    device: str
+    suite_dir: Path
+    objective: str
+    seed: int
+    progress: bool = False
+
+
+def execute_trial(spec: TrialSpec, data: tuple[Dataset, Dataset]) -> Trial:
+    """Run one trial where an executor placed it: ``data`` is (fit split, validation split as the test split).
+
+    On a node that does not see the run directory the trial's artefacts (checkpoint, samples) go to a
+    scratch directory and are dropped: a trial's result is its JSON, which the driver writes.
+    """
+    import bench.metrics  # noqa: F401  (registers every metric name: a fresh worker process has none)
+
+    fit, evaluation = data
+    staged = not (spec.run_dir / "plan.json").is_file()
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-trial-")) if staged else spec.run_dir
+    none = torch.empty(0, dtype=torch.long)
+    ctx = TrialContext(spec.cfg, ValidationSplit(fit, evaluation, none, none), RunStore(out_dir),
+                       torch.device(spec.device), {"device": spec.device}, spec.suite_dir, spec.objective, spec.seed,
+                       spec.progress)
+    try:
+        return run_trial(spec.plan, spec.number, spec.params, spec.source, ctx)
+    finally:
+        if staged:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _lost_trial(spec: TrialSpec, failure: TaskFailure) -> Trial:
+    """The trial of a task that raised or died (out of memory, worker lost): failed, with the reason."""
+    return Trial(spec.plan.model.name, spec.plan.model.family, spec.number, spec.source, spec.params, "failed",
+                 spec.objective, None, note=failure.message)
+
+
 # ------------------------------------------------------------------------------ the run
 
 
@@ -397,14 +466,21 @@ def tune_suite(
     resume: bool = False,
     dry_run: bool = False,
     quiet: bool = False,
+    executor: ExecutorConfig | None = None,
 ) -> Path | None:
-    """Tune every model of a suite with the same number of trials; returns the run directory (None: dry run)."""
+    """Tune every model of a suite with the same number of trials; returns the run directory (None: dry run).
+
+    Trials run through the suite's executor (``executor`` overrides it): locally one after another, or on
+    Ray one task per trial, the trials of one round (trial k of every model) at once.
+    """
     # 1. the protocol: objective and its direction, the spaces, what trials compute
     tuning = resolve_tuning(cfg, trials, sampler, objective)
     direction = objective_direction(tuning.objective)
     plans = plan_models(cfg, only)
     tcfg = trial_suite(cfg, tuning)
     device = resolve_device(cfg.device)
+    executor = executor or cfg.executor
+    check_executor(executor)  # a missing optional install fails before any directory is made
 
     # 2. where the output goes: a fresh directory, or the one being resumed (which must share the protocol)
     base = reports_root / cfg.name
@@ -463,10 +539,21 @@ def tune_suite(
               f"{time.perf_counter() - clock:.0f}s", flush=True)
         clock = time.perf_counter()
 
-    try:
-        search(studies, tuning.trials, tuning, direction, store, report)
-    except KeyboardInterrupt:
-        raise BenchError(f"interrupted; finished trials are kept: rerun with --resume --out {run_dir}") from None
+    pool = make_executor(executor, suite_threads=cfg.threads, device=cfg.device, resolved_device=device.type,
+                         quiet=quiet)
+    by_plan = {p.model.name: p for p in plans}
+
+    def run_round(jobs: list[Job], done: Callable[[Trial], None]) -> None:
+        specs = [TrialSpec(by_plan[s.name], k, params, source, tcfg, run_dir.resolve(), pool.device,
+                           suite_path.parent.resolve(), tuning.objective, tuning.seed,
+                           progress=not quiet and pool.slots == 1) for s, k, params, source in jobs]
+        pool.run_all(execute_trial, specs,
+                     lambda spec, out: done(out if isinstance(out, Trial) else _lost_trial(spec, out)),
+                     shared, label=lambda spec: f"trial {spec.plan.model.name} {spec.number}")
+
+    with executing(pool, run_dir, "trials", quiet):
+        shared = shared_data(tcfg, split.fit, split.evaluation, device) if done < len(plans) * tuning.trials else None
+        search(studies, tuning.trials, tuning, direction, store, report, run_round)
     if not quiet:
         print(f"all trials done in {time.perf_counter() - t_start:.0f}s", flush=True)
 

@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.families.base import DataSpec, GenerativeModel, Likelihood
 from bench.families.naive_bayes import NaiveBayesOptions
 from bench.families.vae import VAE, VAEOptions
-from bench.metrics.features import DomainRecipe
+from bench.metrics.domain import DomainRecipe
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from bench.errors import BenchError
 from bench.executors import LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, max_concurrent, note_executor
 from bench.io import sidecar
 from conftest import ROOT, TINY, run_cli
+from test_tune import TUNE_SUITE
 
 
 def _comparable(rec: dict) -> dict:
@@ -330,3 +331,24 @@ def test_ctrl_c_cancels_running_tasks_and_leaves_a_resumable_run(ray_address, tm
     r = run_cli("run", str(p), "--resume", "--executor", "ray", "--address", ray_address, "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert set(_records(out)) == {"nb__seed0", "slow__seed0"}
+
+
+# the tuning test suite with three trials and a second model
+TWO_MODEL_TUNE = TUNE_SUITE.replace("trials: 4", "trials: 3") + (
+    "  - {name: nb2, family: naive_bayes, options: {pixel_model: categorical}, tune: {space: {min_std: null}}}\n")
+
+
+def test_tuning_trials_on_ray_equal_local_ones(ray_address, tmp_path, write_suite):
+    """A round of trials (trial k of every model) runs as Ray tasks at once; the proposals and scores are
+    those of the local run, because a proposal reads only its own model's earlier trials."""
+    suite = write_suite(TWO_MODEL_TUNE)
+    trials = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--address", ray_address])):
+        out = tmp_path / name
+        r = run_cli("tune", str(suite), "--out", str(out), "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+        trials[name] = {p.name: {k: v for k, v in json.loads(p.read_text()).items() if k in ("params", "state", "value")}
+                        for p in sorted((out / "trials").glob("*.json"))}
+        env = json.loads((out / "environment.json").read_text())
+        assert [e["name"] for e in env["executors"]] == [name]
+    assert len(trials["local"]) == 6 and trials["ray"] == trials["local"]

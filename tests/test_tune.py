@@ -166,7 +166,7 @@ def test_selecting_on_the_test_split_is_impossible_through_the_cli(write_suite, 
         cli.main(["tune", "--help"])
     flags = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
     assert flags == {"--help", "--trials", "--sampler", "--objective", "--only", "--out", "--resume", "--dry-run",
-                     "--quiet"}
+                     "--quiet", "--executor", "--address"}
     suite = write_suite(TUNE_SUITE)
     with pytest.raises(SystemExit) as e:
         cli.main(["tune", str(suite), "--split", "test", "--dry-run"])

@@ -34,7 +34,7 @@ from bench.data import Dataset
 from bench.errors import BenchError
 from bench.families.base import DataSpec, GenerativeModel, Likelihood
 from bench.families.naive_bayes import NaiveBayes, NaiveBayesOptions
-from bench.metrics.features import DomainRecipe, train_domain_net
+from bench.metrics.domain import DomainRecipe, train_domain_net
 from bench.train import TrainContext, train
 
 

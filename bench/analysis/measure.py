@@ -25,7 +25,7 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.families.naive_bayes import NaiveBayesOptions
-from bench.metrics.features import domain_extractor, extract
+from bench.metrics.fidelity import domain_extractor
 from bench.train import TrainContext, train
 
 Space = Literal["pixel", "domain"]
@@ -71,7 +71,7 @@ def embed(x: torch.Tensor, ds: Dataset, space: Space, device: torch.device) -> t
     """Points of ``x`` (uint8 images) in the space distances are measured in: pixels in [0, 1], or domain features."""
     if space == "pixel":
         return flat_pixels(x)
-    return extract(domain_extractor(ds, device), x, 1000, device)["features"]
+    return domain_extractor(ds, device).extract(x, 1000, device)["features"]
 
 
 def memorization(samples: torch.Tensor, ds: Dataset, space: Space, device: torch.device, n_test: int = 2000,
