@@ -28,6 +28,7 @@ eval: {metrics: [quality, speed], n_samples: 64, speed: {batch_size: 64, repeats
 models:
   - {name: dm, family: diffusion, options: {mults: [1], width: 8, timesteps: 100},
      sweep: {sample_steps: [2, 4], sampler: [ddpm, ddim]}}
+  - {name: fl, family: flow, options: {steps_per_level: 1}, sweep: {temperature: [0.7, 1.0]}}
 """
 
 
@@ -56,8 +57,9 @@ def test_every_point_is_a_record_and_a_row_and_the_model_trains_once(tmp_path, w
     run_dir = run_suite(load_suite(p), p, out=tmp_path / "run", quiet=True)
     recs = {r.cell_id: r for r in RunStore(run_dir).records()}
     points = [f"dm__seed0__sample_steps={s},sampler={k}" for s in (2, 4) for k in ("ddpm", "ddim")]
-    assert sorted(recs) == sorted(["dm__seed0", *points])
-    assert list((run_dir / "checkpoints").glob("*.pt")) == [run_dir / "checkpoints" / "dm__seed0.pt"]  # trained once
+    flow = ["fl__seed0", "fl__seed0__temperature=0.7", "fl__seed0__temperature=1"]
+    assert sorted(recs) == sorted(["dm__seed0", *points, *flow])
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["dm__seed0.pt", "fl__seed0.pt"]  # once
     for cid in points:
         r = recs[cid]
         assert r.status == "ok" and r.options["sample_steps"] == r.sweep["sample_steps"]
@@ -73,6 +75,10 @@ def test_every_point_is_a_record_and_a_row_and_the_model_trains_once(tmp_path, w
     assert result.exit_code == 0
     html = (run_dir / "index.html").read_text()
     assert "dm[sample_steps=4,sampler=ddpm]" in html
+    # the report's sweep section: quality vs NFE, the Pareto table, the temperature traces
+    assert "Quality vs sampling cost" in html and "Pareto-optimal settings" in html
+    assert "Precision vs recall traced by temperature" in html
+    assert recs["fl__seed0__temperature=0.7"].options["temperature"] == 0.7
 
 
 def test_a_killed_sweep_resumes_at_the_next_point(tmp_path, write_suite):

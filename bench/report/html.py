@@ -245,16 +245,17 @@ def _sweep_figures(records: list[CellRecord], summary: pd.DataFrame, q: str | No
         if x is None or y is None or (r.model in swept and not r.sweep):
             continue  # a swept model's own cell is one of its points, or next to them
         pts.append((row, x, y))
-        if r.sweep:
+        if r.sweep:  # a line through the step counts of one sampler setting
             rest = ",".join(f"{k}={v}" for k, v in r.sweep.items() if k != "sample_steps")
-            lines.setdefault(f"{r.model}{' ' + rest if rest else ''}", []).append((x, y))
+            lines.setdefault(f"{r.model}{' ' + rest if rest else ''}", []).append((x, y, row))
         else:
             markers.append((row, x, y))
+    markers += [(row, x, y) for v in lines.values() if len(v) == 1 for x, y, row in v]  # a line of one point
     figs, pareto = [], ""
     if pts:
         front = tables.pareto_front([(x, sign * y) for _, x, y in pts])
         frontier = [(pts[i][1], pts[i][2]) for i in front]
-        series = {k: ([x for x, _ in sorted(v)], [y for _, y in sorted(v)]) for k, v in lines.items()}
+        series = {k: ([x for x, _, _ in sorted(v)], [y for _, y, _ in sorted(v)]) for k, v in lines.items() if len(v) > 1}
         figs.append({"title": f"Quality vs sampling cost ({q}{_arrow(q)} against network evaluations per sample, "
                               "log scale): a line per swept sampler, diamonds for the other models, dashed: the Pareto "
                               "frontier (no model is both cheaper and better)",
@@ -288,8 +289,11 @@ def _knob_figures(info: dict[str, CellRecord], means: dict[str, dict[str, float]
         paths = {k: sorted(v) for k, v in paths.items()}
 
         def along(name: str) -> dict[str, tuple[list[float], list[float]]]:
-            return {k: ([x for x, row in v if name in means.get(row, {})],
-                        [means[row][name] for _, row in v if name in means.get(row, {})]) for k, v in paths.items()}
+            """The models' paths along the knob, where ``name`` has values (an unconditional model has no
+            controllability)."""
+            out = {k: ([x for x, row in v if name in means.get(row, {})],
+                       [means[row][name] for _, row in v if name in means.get(row, {})]) for k, v in paths.items()}
+            return {k: xy for k, xy in out.items() if xy[0]}
 
         if prec in present and rec in present:
             pr = {k: ([means[row].get(rec, math.nan) for _, row in v], [means[row].get(prec, math.nan) for _, row in v],
@@ -297,9 +301,10 @@ def _knob_figures(info: dict[str, CellRecord], means: dict[str, dict[str, float]
             figs.append({"title": f"Precision vs recall traced by {knob} (points labelled with its value): up is "
                                   "fidelity, right is diversity",
                          "uri": _data_uri(plots.traces(pr, rec, prec))})
-        figs.append({"title": f"Quality ({q}{_arrow(q)}) vs {knob}",
-                     "uri": _data_uri(plots.curves(along(q), knob, q))})
-        if "controllability" in present:
+        if along(q):
+            figs.append({"title": f"Quality ({q}{_arrow(q)}) vs {knob}",
+                         "uri": _data_uri(plots.curves(along(q), knob, q))})
+        if along("controllability"):
             figs.append({"title": f"Controllability vs {knob}: share of samples the domain classifier assigns to "
                                   "the requested class", "uri": _data_uri(plots.curves(along("controllability"), knob,
                                                                                       "controllability"))})
