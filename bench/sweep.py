@@ -60,8 +60,9 @@ def sweep_problem(cls: type[GenerativeModel], options: dict[str, Any],
         if key not in fields:
             return (key,), f"unknown option of family {cls.family!r}; sweepable options: {', '.join(sweepable) or 'none'}"
         if declared is not None and key not in declared:
-            return (key,), (f"{key} shapes the network or its training, so it cannot change without retraining; "
-                            f"sweepable options: {', '.join(sweepable) or 'none'}")
+            return (key,), (f"family {cls.family!r} does not list {key} among the options it reads only when "
+                            f"sampling (its sampling_options), so it cannot change without retraining; sweepable "
+                            f"options: {', '.join(sweepable) or 'none'}")
         if not isinstance(values, list) or not values:
             return (key,), "give a non-empty list of values"
         if len({repr(v) for v in values}) < len(values):
