@@ -120,10 +120,14 @@ def data_spec(ds: Dataset) -> DataSpec:
 
 def check_labels(cfg: SuiteConfig, ds: Dataset) -> None:
     """A conditional model needs labels: refuse it on unlabelled data before any cell trains."""
+    if ds.has_labels:
+        return
     for i, m in enumerate(cfg.models):
-        if not ds.has_labels and getattr(FAMILIES.get(m.family).cls.Options(**m.options), "conditional", False):
-            raise BenchError(f"models[{i}].options.conditional: dataset {cfg.dataset.name} has no labels, so {m.name} "
-                             "cannot be conditional; set conditional: false or use labelled data")
+        opts = FAMILIES.get(m.family).cls.Options(**m.options)
+        for key, what in (("conditional", "be conditional"), ("classifier", "train a guidance classifier")):
+            if getattr(opts, key, False) is True:
+                raise BenchError(f"models[{i}].options.{key}: dataset {cfg.dataset.name} has no labels, so {m.name} "
+                                 f"cannot {what}; set {key}: false or use labelled data")
 
 
 def build_model(m: ModelConfig, spec: DataSpec, seed: int, device: torch.device) -> GenerativeModel:
@@ -414,7 +418,7 @@ def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.
     probe = ds.test_x[:256]
     if "quality" in cfg.eval.metrics:
         evaluate_quality(probe, ds, cfg.eval.options("quality"), device)
-    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every:
+    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every and (ds.kind == "points" or ds.has_labels):
         quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
     return Shared((train_ds, ds), cache_files_in_use())
 

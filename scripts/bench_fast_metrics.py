@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.data import load_dataset  # noqa: E402
-from bench.metrics import fast, features  # noqa: E402
+from bench.metrics import fast, fidelity  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -49,11 +49,11 @@ CPU = torch.device("cpu")
 def mnist_features(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Domain features of n noisy MNIST training images ("generated") and n test images (real)."""
     ds = load_dataset("mnist")
-    ext = features.domain_extractor(ds, CPU)
+    ext = fidelity.domain_extractor(ds, CPU)
     g = torch.Generator().manual_seed(seed)
     x = ds.train_x[:n]
     noisy = (x.int() + torch.randint(-30, 31, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
-    return features.extract(ext, noisy, 500, CPU)["features"], features.extract(ext, ds.test_x[:n], 500, CPU)["features"]
+    return ext.extract(noisy, 500, CPU)["features"], ext.extract(ds.test_x[:n], 500, CPU)["features"]
 
 
 def reference_set(gen: torch.Tensor, real: torch.Tensor, plan: fast.KidPlan, pr_k: int, dc_k: int) -> dict[str, Callable[[], Any]]:

@@ -110,8 +110,16 @@ models:
     assert dumped["train"] == {"grad_clip": None} and dumped["models"][1]["train"] == {}
     again = parse_suite(yaml.safe_dump(dumped))
     assert again.train_for(f) == cfg.train_for(f)  # the run directory's suite.yaml reruns the same settings
-    with pytest.raises(BenchError, match=r"s.yaml:5: train.precision: .*'fp32', 'bf16' or 'fp16'"):
+    with pytest.raises(BenchError, match=r"s.yaml:5: train.precision: .*'fp32', 'bf16', 'fp16' or 'auto'"):
         parse_suite(text.replace("{grad_clip: null}", "{precision: fp8}"), "s.yaml")
+
+
+@pytest.mark.parametrize("supported,want", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_where_supported_and_records_what_ran(monkeypatch, supported, want):
+    monkeypatch.setattr("bench.engine.bf16_supported", lambda device: supported)
+    engine = Engine(_vae(), TrainSettings(precision="auto"))
+    assert engine.settings.precision == want and engine.settings.model_dump()["precision"] == want
+    assert (engine.autocast() is not None) and (engine._dtype is (torch.bfloat16 if supported else None))
 
 
 def test_fp16_on_cpu_and_bf16_without_support_are_one_line_errors(monkeypatch):

@@ -9,8 +9,8 @@ import torch
 from scipy import linalg
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
-from bench.metrics import coverage
-from bench.metrics.quality import QualityOptions, feature_metrics, fid_checked, frechet_distance
+from bench.metrics import coverage, fast
+from bench.metrics.quality import QualityOptions, feature_metrics, fid_checked
 
 
 def _features(seed: int, n: int, dims: int) -> torch.Tensor:
@@ -21,36 +21,37 @@ class _Ext:  # what feature_metrics reads of an extractor
     key = "test-extractor"
 
 
+def _stats_ref(mu: list[float], sigma: torch.Tensor, n_real: int = 10) -> dict:
+    """An in-memory reference whose cached real statistics are given (as a cache file would hold them)."""
+    mu_t = torch.tensor(mu, dtype=torch.float64)
+    stats = fast.RealStats(n=n_real, mu=mu_t, sigma=sigma, sigma_sqrt=fast._psd_sqrt(sigma))
+    return {"features": torch.zeros(n_real, len(mu), dtype=torch.float64), "split": "test", "fast_stats": stats.to_state()}
+
+
 def test_fid_known_answer_diagonal_gaussians():
-    """Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (s1_i - s2_i)^2 with s the standard deviations."""
-    fid, notes = frechet_distance(np.array([0.0, 1.0]), np.diag([1.0, 4.0]), np.array([3.0, 1.0]), np.diag([4.0, 9.0]))
-    assert fid == pytest.approx(9 + (1 - 2) ** 2 + (2 - 3) ** 2, abs=1e-12) and notes == []
+    """Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (s1_i - s2_i)^2 with s the standard deviations.
+    Four samples with mean (3, 1) and unbiased variances (4, 9), no covariance, vs N((0, 1), diag(1, 4))."""
+    a, b = 6.0 ** 0.5, 13.5 ** 0.5  # var = 2 a^2 / 3 = 4, 2 b^2 / 3 = 9
+    gen = torch.tensor([[3 + a, 1.0], [3 - a, 1.0], [3.0, 1 + b], [3.0, 1 - b]], dtype=torch.float64)
+    fid, note = fid_checked(gen, _stats_ref([0.0, 1.0], torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))))
+    assert fid == pytest.approx(9 + (1 - 2) ** 2 + (2 - 3) ** 2, abs=1e-12) and note == ""
 
 
 def test_fid_that_rounds_below_zero_is_zero_and_says_so():
-    """Identical sets: the exact FID is 0; torch-fidelity's formula gives -1.8e-15 for this seed."""
-    x = _features(3, 40, 8)
-    stats = fid_features_to_statistics(x)
-    assert fid_statistics_to_metric(stats, stats, verbose=False)[KEY_METRIC_FID] < 0  # the trap is real
+    """Identical sets: the exact FID is 0; the formula gives -7.1e-15 for this seed."""
+    x = _features(0, 40, 8)
+    assert fast.fid(x, fast.RealStats.build(x)) < 0  # the trap is real
     fid, note = fid_checked(x, {"features": x})
     assert fid == 0.0 and "rounding below 0) reported as 0" in note
 
 
 def test_fid_far_below_zero_is_not_reported():
-    """A covariance that is not PSD (a damaged cache, say) cannot give a distance: None, with the reason."""
-    fid, notes = frechet_distance(np.zeros(2), np.diag([1.0, -4.0]), np.zeros(2), np.diag([4.0, 1.0]))
-    assert fid is None and "down to -1.0e+00 of the largest" in notes[0] and "not reported" in notes[-1]
-
-
-def test_fid_complex_eigenvalues_use_the_real_part_and_say_so():
-    """S1 S2 with eigenvalues 1 +- 0.5i (a non-symmetric 'covariance', as a damaged cache could hold):
-    torch-fidelity's value, and a note that the square root was not real."""
-    s2 = np.array([[1.0, 0.5], [-0.5, 1.0]])
-    mu2 = np.array([1.0, 0.0])
-    fid, notes = frechet_distance(np.zeros(2), np.eye(2), mu2, s2)
-    expected = fid_statistics_to_metric({"mu": np.zeros(2), "sigma": np.eye(2)}, {"mu": mu2, "sigma": s2},
-                                        verbose=False)[KEY_METRIC_FID]
-    assert fid == pytest.approx(expected, abs=1e-12) and "imaginary parts up to 4.5e-01 of the largest" in notes[0]  # 0.5 / |1 + 0.5i|
+    """A covariance that is not PSD (a damaged cache, say) cannot give a distance: None, with the reason.
+    Real N(0, diag(1, -4)) (square root diag(1, 0)) vs samples with covariance diag(4, 1): the formula
+    gives 0 + 5 - 3 - 2 * 2 = -2."""
+    gen = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64) * 1.5 ** 0.5
+    fid, note = fid_checked(gen, _stats_ref([0.0, 0.0], torch.diag(torch.tensor([1.0, -4.0], dtype=torch.float64))))
+    assert fid is None and note == "FID came out at -2, below 0 beyond rounding: not reported"
 
 
 def test_fid_with_fewer_samples_than_feature_dimensions():
@@ -96,6 +97,10 @@ def test_duplicates_in_density_coverage_known_answer():
     assert coverage.duplicates_note(real, 5, "reference points") == \
         "20 of 300 reference points have k-NN radius 0 (5 or more exact duplicates each)"
     assert coverage.duplicates_note(real, 20, "reference points") == ""  # 20 copies: 19 neighbours each, k = 20
+    # the evaluator's fast pass (bench.metrics.fast) keeps the same zero-radius rule: the same numbers
+    by = {m.name: m.value for m in feature_metrics(fake, {"features": real, "split": "test"}, "domain", _Ext(),
+                                                   QualityOptions(metrics=["density_coverage"]))}
+    assert (by["density_domain"], by["coverage_domain"]) == (density, cov)
 
 
 def test_duplicates_in_precision_recall_are_recorded():
@@ -111,11 +116,12 @@ def test_duplicates_in_precision_recall_are_recorded():
     assert metrics["fid_domain"].value is not None and metrics["fid_domain"].value > 0
 
 
-def test_fid_is_torch_fidelitys_bit_for_bit():
+def test_fid_is_torch_fidelitys():
     """The checks add notes, never change a healthy value: float32 features (as the extractors give) yield
-    exactly torch-fidelity's FID (a Python float added to float32 mu first would round it to float32)."""
+    torch-fidelity's FID to 1e-9 relative (``fast.fid``'s symmetric eigensolver sums in another order)."""
     g = torch.Generator().manual_seed(0)
     gen, real = torch.randn(500, 32, generator=g) * 3 + 1, torch.randn(300, 32, generator=g) * 2
     s1, s2 = fid_features_to_statistics(gen), fid_features_to_statistics(real)
     assert s1["mu"].dtype == np.float32
-    assert fid_checked(gen, {"features": real})[0] == fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
+    want = fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
+    assert fid_checked(gen, {"features": real})[0] == pytest.approx(want, rel=1e-9)

@@ -19,7 +19,13 @@ dequantization, no bound. The network is the *gated* PixelCNN (van den Oord et a
 * a 1x1 output head with 256 logits per pixel and channel. On colour images the channels of one
   pixel are conditionally independent given the pixels before it, ``p(x_i | x_<i) = prod_c
   p(x_i,c | x_<i)``: still an exact likelihood, but weaker than PixelCNN's R -> G -> B ordering
-  inside a pixel (2016a, Sec. 3.4), which needs channel-group masks in every layer.
+  inside a pixel (2016a, Sec. 3.4), which needs channel-group masks in every layer;
+* ``conditional: true`` (images): the class-conditional PixelCNN of van den Oord et al. 2016b,
+  Sec. 2.3, eq. 4: a learned per-class embedding ``V^T h`` added as a bias to the pre-gate features
+  of both stacks in every gated layer, so the model is p(x | y). Its likelihoods are the exact
+  log p(x | y) of the test labels (``given="y"``) and the exact marginal
+  ``log p(x) = log sum_y p(y) p(x | y)`` with p(y) the training frequencies (K forward passes per
+  image), reported under the usual ``exact`` name since it is the model's exact log p(x).
 
 Sampling needs one network evaluation per pixel (NFE = H*W). Recomputing the whole net per
 pixel would cost H*W full forward passes; instead ``autoregress`` computes each layer's
@@ -44,6 +50,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from bench.engine import TrainSettings
+from bench.errors import BenchError
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
 from bench.families.nets import mlp
 from bench.space import Categorical, Float, Int
@@ -60,6 +67,7 @@ class AutoregressiveOptions(FamilyOptions):
     hidden: int = Field(128, gt=0)  # points: MLP width of each conditional
     components: int = Field(10, gt=0)  # points: Gaussian mixture components per conditional
     lr: float = Field(3e-3, gt=0)  # Adam learning rate (3e-3 beat 1e-3 on MNIST over 50 steps: 1.22 vs 1.51 bits/dim)
+    conditional: bool = False  # images: class-conditional gated PixelCNN, p(x | y) (van den Oord et al. 2016b, eq. 4)
 
     @field_validator("kernel", "first_kernel")
     @classmethod
@@ -114,39 +122,53 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 class GatedLayer(nn.Module):
     """One gated layer: vertical stack -> itself and the horizontal stack; horizontal residual (Fig. 2)."""
 
-    def __init__(self, c: int, k: int):
+    def __init__(self, c: int, k: int, num_classes: int = 0):
         super().__init__()
         self.vconv = CausalConv(c, 2 * c, k, "down", exclude=False)
         self.hconv = CausalConv(c, 2 * c, k, "right", exclude=False)
         self.link = nn.Conv2d(2 * c, 2 * c, 1)  # vertical -> horizontal
         self.hout = nn.Conv2d(c, c, 1)
+        # class-conditional bias V^T h of both stacks' pre-gate features (eq. 4): (K,) -> (4C,) = [vertical, horizontal]
+        self.label = nn.Embedding(num_classes, 4 * c) if num_classes else None
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vf = self.vconv(v)  # (B, 2C, H, W): depends on rows < i of the image (v does)
-        hf = self.hconv(h) + self.link(vf)  # (B, 2C, H, W)
+    def biases(self, y: torch.Tensor | None) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """Per-example (vertical, horizontal) pre-gate biases, (B, 2C) each; 0 without labels."""
+        if y is None or self.label is None:
+            return 0.0, 0.0
+        vb, hb = self.label(y).chunk(2, dim=1)
+        return vb, hb
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor,
+                y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        vb, hb = self.biases(y)
+        if y is not None:
+            vb, hb = vb[:, :, None, None], hb[:, :, None, None]  # (B, 2C, 1, 1)
+        vf = self.vconv(v) + vb  # (B, 2C, H, W): depends on rows < i of the image (v does)
+        hf = self.hconv(h) + self.link(vf) + hb  # (B, 2C, H, W)
         return gate(vf), h + self.hout(gate(hf))
 
 
 class GatedPixelCNN(nn.Module):
-    """Gated PixelCNN: (B, C, H, W) in [-1, 1] -> (B, H, W, C * 256) logits (C = 1 or 3 image channels)."""
+    """Gated PixelCNN: (B, C, H, W) in [-1, 1] [, labels (B,)] -> (B, H, W, C * 256) logits (C = 1 or 3 image
+    channels); labels condition a class-conditional net (``num_classes`` > 0)."""
 
-    def __init__(self, o: AutoregressiveOptions, image_channels: int = 1):
+    def __init__(self, o: AutoregressiveOptions, image_channels: int = 1, num_classes: int = 0):
         super().__init__()
         c = o.channels
         self.v0 = CausalConv(image_channels, c, o.first_kernel, "down", exclude=True)  # mask A, rows above
         self.h0 = CausalConv(image_channels, c, o.first_kernel, "right", exclude=True)  # mask A, pixels to the left
         self.link0 = nn.Conv2d(c, c, 1)
-        self.layers = nn.ModuleList([GatedLayer(c, o.kernel) for _ in range(o.layers)])
+        self.layers = nn.ModuleList([GatedLayer(c, o.kernel, num_classes) for _ in range(o.layers)])
         # per-pixel head on channels-last features: the 256 logits of a pixel are contiguous, which makes the
         # softmax / cross-entropy over them several times faster on CPU than over dim 1 of an NCHW tensor
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(c, o.head), nn.ReLU(), nn.Linear(o.head, 256 * image_channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
         v = self.v0(x)  # (B, C, H, W)
         h = self.h0(x) + self.link0(v)
         for layer in self.layers:
-            v, h = layer(v, h)
+            v, h = layer(v, h, y)
         return self.head(h.permute(0, 2, 3, 1))  # (B, H, W, C * 256) logits
 
 
@@ -158,14 +180,14 @@ def scale_in(v: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def autoregress(
     net: GatedPixelCNN, shape: tuple[int, int], n: int, generator: torch.Generator | None,
-    given: torch.Tensor | None = None,
+    given: torch.Tensor | None = None, y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pixel-by-pixel generation with cached activations: ((n, C, H, W) 8-bit values, logits or None).
 
     Each pixel's logits cost one pass through the horizontal stack and head at one position,
     plus one row of the vertical stack per image row. With ``given`` (8-bit images) the pixels
     are teacher-forced instead of drawn and the (n, H, W, C * 256) logits are returned: the test that
-    this equals ``net(x)``.
+    this equals ``net(x)``. ``y`` (n,) labels condition a class-conditional net (its per-layer biases).
     """
     H, W = shape
     dev = next(net.parameters()).device
@@ -180,6 +202,7 @@ def autoregress(
     w_h0 = _position_major(h0.conv)
     w_layers = [(_position_major(ly.hconv.conv), ly.hconv.conv.bias, ly.hout.weight.flatten(1), ly.hout.bias)
                 for ly in layers]
+    label_bias = [ly.biases(y) for ly in layers]  # (vertical, horizontal) pre-gate biases, (n, 2C) each or 0
     values = torch.zeros(n, ci, H, W, dtype=torch.long, device=dev)
     all_logits = torch.zeros(n, H, W, ci * 256, device=dev) if given is not None else None
     for i in range(H):
@@ -187,9 +210,11 @@ def autoregress(
         v = v0.conv(x_v[:, :, i : i + v0.depth])  # (n, C, 1, W)
         link0 = net.link0(v)
         links = []
-        for layer, cache in zip(layers, v_in):
+        for layer, cache, (vb, _) in zip(layers, v_in, label_bias):
             cache[:, :, i + kv.before, kv.side : kv.side + W] = v[:, :, 0]
             vf = layer.vconv.conv(cache[:, :, i : i + kv.depth])  # (n, 2C, 1, W)
+            if y is not None:
+                vf = vf + vb[:, :, None, None]
             links.append(layer.link(vf))
             v = gate(vf)
         # horizontal stack, pixel by pixel along row i. Per pixel each convolution is one matrix product on a
@@ -200,9 +225,9 @@ def autoregress(
         links = [link[:, :, 0].transpose(1, 2).contiguous() for link in links]  # (n, W, 2C) each
         for j in range(W):
             h = F.linear(x_h[:, j : j + h0.depth].reshape(n, -1), w_h0, h0.conv.bias) + link0[:, j]  # (n, C)
-            for (w, b, w_out, b_out), cache, link in zip(w_layers, h_in, links):
+            for (w, b, w_out, b_out), cache, link, (_, hb) in zip(w_layers, h_in, links, label_bias):
                 cache[:, j + kh.before] = h
-                hf = F.linear(cache[:, j : j + kh.depth].reshape(n, -1), w, b) + link[:, j]  # (n, 2C)
+                hf = F.linear(cache[:, j : j + kh.depth].reshape(n, -1), w, b) + link[:, j] + hb  # (n, 2C)
                 h = h + F.linear(gate(hf), w_out, b_out)
             logits = net.head(h)  # (n, ci * 256)
             if given is not None:
@@ -260,13 +285,18 @@ class Autoregressive(GenerativeModel):
         "batch_size": Categorical([16, 32, 64, 128]),
     }
     likelihood_kind = "exact"
+    conditional_capable = True  # images, with conditional: true
     watched_loss = "nll"
     train_defaults = TrainSettings(grad_clip=10.0)  # a loose clip on the global gradient norm (the value it always had)
 
     def __init__(self, spec: DataSpec, options: AutoregressiveOptions):
         super().__init__(spec, options)
         if spec.kind == "image":
-            self.net = GatedPixelCNN(options, spec.shape[0]).to(memory_format=torch.channels_last)
+            k = spec.num_classes if options.conditional else 0
+            self.net = GatedPixelCNN(options, spec.shape[0], k).to(memory_format=torch.channels_last)
+        elif options.conditional:
+            raise BenchError("autoregressive option conditional=true is for images (the class-conditional "
+                             "PixelCNN); on points use conditional: false")
         else:
             # conditional d reads x_<d; the first reads a constant 0 (its output is the marginal p(x_1))
             k, hidden = options.components, options.hidden
@@ -274,9 +304,9 @@ class Autoregressive(GenerativeModel):
             self.register_buffer("initialized", torch.tensor(False))  # data-dependent init done (saved with weights)
 
     # ------------------------------------------------------------------ densities
-    def _image_logp(self, v: torch.Tensor) -> torch.Tensor:
-        """Exact log P(v) of 8-bit images (B, C, H, W) in nats: the sum of per-value log-softmax, (B,)."""
-        logits = self.net(scale_in(v))  # (B, H, W, C * 256), a pixel's channels in order
+    def _image_logp(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log P(v [| y]) of 8-bit images (B, C, H, W) in nats: the sum of per-value log-softmax, (B,)."""
+        logits = self.net(scale_in(v), y)  # (B, H, W, C * 256), a pixel's channels in order
         target = v.permute(0, 2, 3, 1).reshape(-1).long()  # (B*H*W*C,) in the logits' order
         nll = F.cross_entropy(logits.reshape(-1, 256), target, reduction="none")  # (B*H*W*C,)
         return -nll.view(v.shape[0], -1).sum(1)
@@ -312,21 +342,36 @@ class Autoregressive(GenerativeModel):
         image = self.spec.kind == "image"
         if not image and not bool(self.initialized):
             self._init_from_data(x)
-        logp = self._image_logp((x * 255).round()) if image else self._points_logp(x)
+        labels = y if self.is_conditional else None
+        logp = self._image_logp((x * 255).round(), labels) if image else self._points_logp(x)
         nll = -logp.mean()  # nats per example
         if not image:
             return {"nll": nll}
         return {"nll": nll, "nll_bpd": nll.detach() / (self.spec.dim * math.log(2))}
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
-        lp = self._image_logp(x) if self.spec.kind == "image" else self._points_logp(x.float())
-        return [Likelihood("exact", "exact", lp)]
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator,
+                       y: torch.Tensor | None = None) -> list[Likelihood]:
+        if not self.is_conditional:
+            lp = self._image_logp(x) if self.spec.kind == "image" else self._points_logp(x.float())
+            return [Likelihood("exact", "exact", lp)]
+        out = []
+        if y is not None:
+            out.append(Likelihood("exact", "exact", self._image_logp(x, y.to(x.device).long()), given="y"))
+        # log p(x) = log sum_y p(y) p(x | y): exact, K forward passes (p(y): training frequencies)
+        k = self.spec.num_classes
+        log_py = torch.tensor(self.spec.class_frequencies, device=x.device).log()  # (K,)
+        per_class = torch.stack([self._image_logp(x, torch.full((x.shape[0],), c, dtype=torch.long, device=x.device))
+                                 for c in range(k)])  # (K, B)
+        marginal = torch.logsumexp(log_py[:, None] + per_class, 0)
+        out.append(Likelihood("exact", "exact", marginal, {"marginal": f"log sum_y p(y) p(x | y), {k} classes"}))
+        return out
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.spec.kind == "image":
-            values, _ = autoregress(self.net, self.spec.shape[1:], n, generator)
+            labels = self.labels_for(n, generator, y) if self.is_conditional else None
+            values, _ = autoregress(self.net, self.spec.shape[1:], n, generator, y=labels)
             return values.float() / 255
         x = torch.zeros(n, self.spec.dim, device=self.device)
         for d, net in enumerate(self.conds):
@@ -341,6 +386,11 @@ class Autoregressive(GenerativeModel):
         """Images: one network evaluation per pixel (computed incrementally, see ``autoregress``); points: one
         per coordinate."""
         return float(self.spec.shape[1] * self.spec.shape[2]) if self.spec.kind == "image" else float(self.spec.dim)
+
+    def nfe_modules(self) -> list[nn.Module]:
+        """Images: the output head, evaluated once per pixel by the incremental sampler; points: the D
+        conditionals."""
+        return [self.net.head] if self.spec.kind == "image" else list(self.conds)
 
 
 register_family("autoregressive", Autoregressive)

@@ -17,13 +17,17 @@ What a family states (class attributes)::
                                        # stability then reports the D/G balance metrics
     train_defaults  = TrainSettings()  # this family's defaults for the engine (grad_clip, ema, warmup_steps, ...);
                                        # the suite's ``train:`` (top level, then per model) overrides them
-    conditional_capable = False        # sample() honours class labels y
+    conditional_capable = False        # sample() honours class labels y (when the model's options make it
+                                       # conditional; ``is_conditional`` says whether this instance is)
+    sampling_options = frozenset()     # options read at sampling/evaluation time only: a sweep may change them
+                                       # on a trained model (``set_sampling_options``) without retraining
 
 What a family writes (methods)::
 
     loss(x, y) -> dict[str, Tensor]            # the watched loss (with grad) + any extra scalars to log
     sample(n, generator, y=None) -> Tensor     # images in [0, 1] (n, C, H, W), or points (n, D)
-    log_likelihood(x_uint8, generator) -> list[Likelihood]   # [] for families without one
+    log_likelihood(x_uint8, generator) -> list[Likelihood]   # [] for families without one; a conditional
+                                                             # family also takes y (the test labels)
 
 and, when the defaults do not fit::
 
@@ -35,6 +39,9 @@ and, when the defaults do not fit::
                                                 # engine.autocast(); adversarial families override it and call
                                                 # the same helpers once per player
     nfe_per_sample (property), on_train_end(batches), num_parameters()
+    nfe_modules() -> list[nn.Module]        # the networks one call of which is one network evaluation
+                                            # (what ``measure_nfe`` counts); default: the direct submodules
+                                            # and their EMA copies
 
 What the engine gives an overriding ``training_step`` (``bench/families/gan.py`` is the example):
 ``engine.autocast()`` (the forward pass's precision context), ``engine.minimise(loss, *names)``
@@ -74,6 +81,15 @@ Data conventions (the same for every family):
 * every random draw in training goes through ``self.gen`` (seeded per cell by the harness);
 * ``sample`` returns images in ``[0, 1]`` (the harness quantizes with ``round(x * 255)``) or
   points in data units;
+* ``sample(n, generator, y)`` of a conditional model draws class ``y[i]`` for row i; with ``y=None`` it
+  draws the labels from the training frequencies first (``sample_labels``), so a plain
+  ``sample(n, g)`` is a sample of the model's p(x);
+* ``log_likelihood(x, generator, y)`` of a conditional model returns log p(x | y) of the given test
+  labels as ``Likelihood(..., given="y")`` (metric names gain ``_given_y``), and log p(x) with
+  ``given=None`` where the family can compute it (cVAE, conditional PixelCNN:
+  ``log sum_y p(y) p(x | y)``), and the null-label model's as ``given="null"`` (diffusion, flow
+  matching); with ``y=None`` only the log p(x) ones (none for diffusion and flow matching). A number
+  for log p(x | y) is never returned as a log p(x) one;
 * ``log_likelihood`` takes uint8 images (points: float) and returns per-example
   log-likelihoods in nats on the common protocol: 8-bit data, continuous models with
   uniform dequantization, i.e. the log-probability of the 8-bit value. A bits/dim figure
@@ -84,14 +100,16 @@ Data conventions (the same for every family):
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from bench.engine import TrainSettings
+from bench.errors import BenchError
 from bench.registry import Registry, check_class, describe
 from bench.space import Space
 
@@ -132,6 +150,9 @@ class Likelihood:
     kind: LikelihoodKind
     log_prob: torch.Tensor  # (N,) nats, common protocol
     params: dict[str, Any] = field(default_factory=dict)  # e.g. {"k": 64}
+    given: Literal["y", "null"] | None = None  # None: log p(x) of the model that samples; "y": log p(x | y) of the
+    # test label (metric name + "_given_y"); "null": log p(x | null label), the unconditional mode of a
+    # classifier-free-guidance net (metric name + "_null_label")
 
 
 class GenerativeModel(nn.Module):
@@ -144,6 +165,7 @@ class GenerativeModel(nn.Module):
     watched_loss: ClassVar[str] = "loss"  # key of loss()'s dict that is minimised and watched for divergence
     adversarial: ClassVar[bool] = False  # alternating updates in an overridden training_step (GANs)
     train_defaults: ClassVar[TrainSettings] = TrainSettings()  # engine defaults; the suite's train: overrides
+    sampling_options: ClassVar[frozenset[str]] = frozenset()  # options a sweep may change without retraining
     # What a family class must define itself; bench.registry.check_class refuses a class from outside bench
     # (import path or entry point) that leaves one of these at the base's value. Adapt when the contract changes.
     required: ClassVar[tuple[str, ...]] = ("family", "sample", "loss|training_step")
@@ -248,14 +270,54 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
-        """Per-example log-likelihoods (nats) of test data; empty list for families with none."""
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator,
+                       y: torch.Tensor | None = None) -> list[Likelihood]:
+        """Per-example log-likelihoods (nats) of test data; empty list for families with none. ``y`` (the
+        test labels) is passed to conditional models only (``is_conditional``): unconditional families may
+        keep the two-argument signature."""
         return []
 
     @property
     def nfe_per_sample(self) -> float:
-        """Network evaluations needed for one sample (1 for one-shot decoders)."""
+        """Network evaluations needed for one sample (1 for one-shot decoders): the declared, expected
+        value; ``measure_nfe`` counts them (a test checks that the two agree)."""
         return 1.0
+
+    def nfe_modules(self) -> list[nn.Module]:
+        """The networks whose every (outermost) forward call is one network evaluation, for
+        ``measure_nfe``. Default: the direct submodules (not containers) and the EMA copies."""
+        mods = [m for n, m in self.named_children() if n != "ema"]
+        if self.has_ema:
+            mods += list(self.ema.values())
+        return [m for m in mods if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+
+    def set_sampling_options(self, **changes: Any) -> None:
+        """Change sampling-time options of a trained model (a sweep point: steps, sampler, guidance scale,
+        truncation, ...), validated as the suite's ``options:`` are. Options that shape the network or
+        its training are refused: changing them needs a new model."""
+        bad = sorted(set(changes) - self.sampling_options)
+        if bad:
+            raise BenchError(f"{self.family}: option(s) {', '.join(bad)} cannot change after training; "
+                             f"sampling options: {', '.join(sorted(self.sampling_options)) or 'none'}")
+        try:
+            self.options = type(self.options).model_validate({**self.options.model_dump(), **changes})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"] if e.errors() else str(e)
+            raise BenchError(f"{self.family}: sampling options {changes}: {msg}") from None
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether this instance models p(x | y) (a conditional-capable family with ``conditional: true``)."""
+        return self.conditional_capable and bool(getattr(self.options, "conditional", False))
+
+    def labels_for(self, n: int, generator: torch.Generator, y: torch.Tensor | None) -> torch.Tensor:
+        """The labels a conditional ``sample`` draws: ``y`` (checked) or, when None, ``sample_labels``."""
+        if y is None:
+            return self.sample_labels(n, generator).to(self.device)
+        if y.shape != (n,) or (n and (int(y.min()) < 0 or int(y.max()) >= self.spec.num_classes)):
+            raise ValueError(f"{self.family}: y must be ({n},) labels in 0..{self.spec.num_classes - 1}, "
+                             f"got shape {tuple(y.shape)}")
+        return y.to(self.device).long()
 
     def on_train_end(self, batches: Iterator[torch.Tensor]) -> None:
         """Hook for families that finalise after the budget is spent (e.g. fit a latent density).
@@ -272,6 +334,62 @@ class GenerativeModel(nn.Module):
     def num_parameters(self) -> int:
         """Parameters of the model (an EMA copy is the same network, not counted twice)."""
         return sum(p.numel() for p in self.trainable_parameters())
+
+
+# ---------------------------------------------------------------------- NFE counter
+@dataclass
+class CallCount:
+    """Forward calls of the counted networks and the batch rows they processed."""
+
+    calls: int = 0
+    rows: int = 0
+
+    def per_sample(self, n: int) -> float:
+        """Network evaluations per sample: rows evaluated / samples drawn. A batched CFG step (cond and
+        uncond rows in one 2n-row call) and an unbatched one (two n-row calls) both count 2."""
+        return self.rows / n if n else 0.0
+
+
+@contextmanager
+def count_calls(*modules: nn.Module) -> Iterator[CallCount]:
+    """Count the outermost forward calls of ``modules`` and their batch rows (``len`` of the first tensor
+    argument) while the block runs. A call made inside another counted call (a network calling a
+    counted submodule) is not counted again."""
+    count, depth = CallCount(), [0]
+
+    def pre(_m: nn.Module, args: tuple) -> None:
+        if depth[0] == 0:
+            count.calls += 1
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            count.rows += int(first.shape[0]) if first is not None and first.dim() else 1
+        depth[0] += 1
+
+    def post(_m: nn.Module, _args: tuple, _out: Any) -> None:
+        depth[0] -= 1
+
+    handles = [h for m in modules for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        yield count
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def measure_nfe(model: GenerativeModel, n: int, generator: torch.Generator,
+                y: torch.Tensor | None = None) -> float | None:
+    """Network evaluations per sample, counted by the harness: forward calls of ``model.nfe_modules()``
+    (times their batch rows, divided by ``n``) during one ``model.sample(n, generator, y)``.
+
+    What counts as one evaluation is one row through one of those networks: a denoiser or velocity
+    step, a guidance classifier's forward pass, a PixelCNN pixel (its output head), a decoder pass.
+    None when no counted network was called: a sampler with no network (naive Bayes) or one that
+    calls its layers other than through ``forward`` (the normalizing flow's inverse); the declared
+    ``nfe_per_sample`` then stands alone.
+    """
+    with count_calls(*model.nfe_modules()) as count:
+        model.sample(n, generator, y)
+    return count.per_sample(n) if count.calls else None
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,35 @@ subsequence of ``sample_steps`` of the T training steps, one network evaluation 
   schedule (Nichol & Dhariwal 2021, sec. 4), reverse variance ``beta`` or ``beta_tilde``;
 * ``ddim``: Song et al. 2021, eq. 12, with the stochasticity ``eta`` of eq. 16 (0: deterministic).
 
+Class conditioning and guidance (``bench/families/guidance.py`` has the shared pieces):
+
+* ``conditional: true``: the denoiser takes a class embedding (added to the time embedding) and is
+  trained with labels dropped to a null label with probability ``label_dropout`` (Ho & Salimans
+  2022, Algorithm 1), so one network predicts eps(x_t, y) and eps(x_t, null);
+* ``guidance: w`` (conditional only): classifier-free guidance, ``(1 + w) eps(x_t, y) - w eps(x_t, null)``
+  (Ho & Salimans 2022, eq. 6); w = 0 skips the unconditional pass and is the plain conditional
+  sampler bit for bit; w > 0 costs 2 network evaluations per step (``cfg_batched`` runs them as one
+  2n-row call, still 2 per sample);
+* ``classifier: true`` trains a noisy classifier p(y | x_t, t) beside the denoiser, inside the same
+  budget (its cross-entropy on the batch's own x_t is added to the loss, one optimiser for both),
+  and ``classifier_guidance: s`` uses it: ``eps - s sqrt(1 - abar_t) grad log p(y | x_t, t)``
+  (Dhariwal & Nichol 2021, eq. 14, Algorithm 2; the eps form serves both samplers). One more
+  network evaluation per step (the classifier's forward pass). It works with or without
+  ``conditional``.
+
+NFE per sample (``nfe_per_sample``, checked against ``measure_nfe`` by a test): ``sample_steps`` x
+(1 + [guidance > 0] + [classifier_guidance > 0]).
+
 Sized for a 2-core CPU: a 60 s budget is 800-900 steps at batch 128 on MNIST. The defaults
 (U-Net width 16 on 2x2-pixel patches, lr 3e-3, Min-SNR, ancestral sampling with 25 steps) were
 chosen by looking at MNIST samples after that many steps; deterministic DDIM gave visibly
 noisier digits than the ancestral sampler from the same under-trained models.
+
+Likelihood of a conditional model, given the test labels: the bound on log p(x | y)
+(``given="y"``) and the bound of the shared net's unconditional (null-label) model
+(``given="null"``); log p(x) of the conditional model (a sum over the K classes, K times the cost)
+is not computed, so without labels a conditional model reports no likelihood rather than one
+that could be read as log p(x).
 
 Likelihood (``vlb``, a lower bound on log p of the 8-bit image): minus the variational bound
 of Ho et al. 2020, eq. 5, ``L = L_T + sum_{t=2..T} L_{t-1} + L_0``, with the Gaussian KLs
@@ -49,6 +74,8 @@ import torch
 from pydantic import Field, model_validator
 
 from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, Likelihood, register_family
+from bench.families.guidance import (NoisyClassifier, classifier_free, classifier_guided, classifier_loss,
+                                     drop_labels)
 from bench.families.naive_bayes import log_diff_ndtr
 from bench.engine import TrainSettings
 from bench.families.nets import time_conditioned_net
@@ -74,11 +101,24 @@ class DiffusionOptions(FamilyOptions):
     lr: float = Field(3e-3, gt=0)  # Adam learning rate (high: budgets here are about a thousand steps)
     loss_weighting: Literal["simple", "min_snr"] | None = None  # L_simple (Ho eq. 14) or Min-SNR-5 (Hang et al.
     # 2023); None: min_snr on images (faster to clean digits), simple on points (sharper thin modes)
+    conditional: bool = False  # class-conditional denoiser eps(x_t, t, y) with a null label (module docstring)
+    label_dropout: float = Field(0.1, ge=0, lt=1)  # conditional: P(label -> null) in training (Ho & Salimans 2022)
+    guidance: float = Field(0.0, ge=0)  # classifier-free guidance scale w (eq. 6); 0: the plain conditional sampler
+    cfg_batched: bool = False  # w > 0: conditional and null passes in one 2n-row call (same NFE per sample)
+    classifier: bool = False  # train a noisy classifier p(y | x_t, t) in the budget (for classifier_guidance)
+    classifier_guidance: float = Field(0.0, ge=0)  # scale s of classifier guidance (Dhariwal & Nichol 2021, eq. 14)
+    classifier_width: int = Field(16, gt=0)  # noisy classifier: conv channels (images) / MLP width is 4x this
 
     @model_validator(mode="after")
     def _steps_fit(self) -> DiffusionOptions:
         if self.sample_steps > self.timesteps:
             raise ValueError(f"sample_steps={self.sample_steps} exceeds timesteps={self.timesteps}; use at most T")
+        if self.guidance > 0 and not self.conditional:
+            raise ValueError(f"guidance={self.guidance} needs conditional: true (classifier-free guidance "
+                             "combines the conditional and null-label predictions)")
+        if self.classifier_guidance > 0 and not self.classifier:
+            raise ValueError(f"classifier_guidance={self.classifier_guidance} needs classifier: true "
+                             "(the noisy classifier is trained with the model)")
         return self
 
 
@@ -215,12 +255,18 @@ class Diffusion(GenerativeModel):
         "batch_size": Categorical([32, 64, 128, 256]),
     }
     likelihood_kind = "lower_bound"
+    conditional_capable = True
+    sampling_options = frozenset({"sampler", "sample_steps", "eta", "sigma", "clip_x0", "vlb_t_samples",
+                                  "guidance", "cfg_batched", "classifier_guidance"})
     train_defaults = TrainSettings(ema=0.995)  # evaluation uses an EMA of the denoiser (Ho et al. 2020, sec. 4)
 
     def __init__(self, spec: DataSpec, options: DiffusionOptions):
         super().__init__(spec, options)
         o = options
-        self.net = time_conditioned_net(spec, "diffusion", o.width, o.mults, o.patch, o.hidden)
+        k = spec.num_classes if o.conditional else 0
+        self.net = time_conditioned_net(spec, "diffusion", o.width, o.mults, o.patch, o.hidden, num_classes=k)
+        if o.classifier:
+            self.clf = NoisyClassifier(spec, o.classifier_width, 4 * o.classifier_width)
         betas = make_betas(o.schedule, o.timesteps)  # (T,)
         # index 0 is "t = 0": beta_0 = 0, abar_0 = 1, so tensors below are indexed by t directly
         self.register_buffer("betas", torch.cat([torch.zeros(1, dtype=torch.float64), betas]), persistent=False)
@@ -235,33 +281,66 @@ class Diffusion(GenerativeModel):
         T = self.options.timesteps
         return lambda x, t: net(x, t.float() / T)  # the nets take continuous time in [0, 1]
 
+    def _eps_given(self, net: torch.nn.Module, y: torch.Tensor) -> EpsFn:
+        """eps(x_t, t, y), y (B,) labels or the null label K; guidance, if any, is applied by the sampler."""
+        T = self.options.timesteps
+        return lambda x, t: net(x, t.float() / T, y)
+
+    def _guided_eps(self, n: int, generator: torch.Generator, y: torch.Tensor | None) -> EpsFn:
+        """The sampler's eps: plain, classifier-free guided and/or classifier guided (module docstring)."""
+        o, T, net = self.options, self.options.timesteps, self.averaged("net")
+        if not (self.is_conditional or o.classifier_guidance > 0):
+            return self._eps(net)
+        y = self.labels_for(n, generator, y)
+        if self.is_conditional:
+            eps_fn = classifier_free(lambda x, t, c: net(x, t.float() / T, c), y, self.spec.num_classes,
+                                     o.guidance, o.cfg_batched)
+        else:
+            eps_fn = self._eps(net)
+        if o.classifier_guidance > 0:
+            def sigma(t: torch.Tensor) -> torch.Tensor:  # sqrt(1 - abar_t), (B, 1, ...)
+                return (1 - self.abar[t]).sqrt().float().view(-1, *[1] * len(self.spec.shape))
+            eps_fn = classifier_guided(eps_fn, self.averaged("clf"), y, o.classifier_guidance, sigma,
+                                       lambda t: t.float() / T)
+        return eps_fn
+
     def _bcast(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, 1, ...) to broadcast against x, in x's dtype."""
         return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
     # ------------------------------------------------------------------ interface
     def ema_modules(self) -> dict[str, torch.nn.Module]:
-        return {"net": self.net}  # sampling and the VLB use the EMA of the denoiser (train.ema)
+        # sampling and the VLB use the EMA of the denoiser (train.ema); the guiding classifier is averaged too
+        return {"net": self.net, "clf": self.clf} if self.options.classifier else {"net": self.net}
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        o = self.options
         x0 = self._to_model_scale(x)
         b = x0.shape[0]
-        t = torch.randint(1, self.options.timesteps + 1, (b,), generator=self.gen, device=x0.device)  # (B,)
+        t = torch.randint(1, o.timesteps + 1, (b,), generator=self.gen, device=x0.device)  # (B,)
         eps = torch.randn(x0.shape, generator=self.gen, device=x0.device)
         ab = self._bcast(self.abar[t], x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps  # eq. 4
-        err = (self._eps(self.net)(xt, t) - eps).square().flatten(1).mean(1)  # (B,)
+        if self.is_conditional:  # label dropout: the same net learns eps(x_t, null) (Ho & Salimans 2022, Alg. 1)
+            pred = self._eps_given(self.net, drop_labels(y, o.label_dropout, self.spec.num_classes, self.gen))(xt, t)
+        else:
+            pred = self._eps(self.net)(xt, t)
+        err = (pred - eps).square().flatten(1).mean(1)  # (B,)
         if self.loss_weighting == "min_snr":  # Min-SNR-5 for eps-prediction (Hang et al. 2023): min(SNR, 5) / SNR
             snr = self.abar[t] / (1 - self.abar[t])
             err = err * (snr.clamp(max=5.0) / snr).to(err.dtype)
-        return {"loss": err.mean()}  # L_simple, eq. 14 (optionally re-weighted per t)
+        if not o.classifier:
+            return {"loss": err.mean()}  # L_simple, eq. 14 (optionally re-weighted per t)
+        # the guidance classifier learns on the same x_t, in the same step and budget (Dhariwal & Nichol, sec. 4.1)
+        clf = classifier_loss(self.clf, xt, t.float() / o.timesteps, y)
+        return {"loss": err.mean() + clf, "eps_loss": err.mean().detach(), "clf_loss": clf.detach()}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
         o = self.options
         shape = (n, *self.spec.shape)
         clip = o.clip_x0 and self.spec.kind == "image"
-        eps_fn = self._eps(self.averaged("net"))
+        eps_fn = self._guided_eps(n, generator, y)
         if o.sampler == "ddim":
             x = sample_ddim(eps_fn, self.abar, shape, o.sample_steps, o.eta, generator, clip, self.device)
         else:
@@ -270,26 +349,41 @@ class Diffusion(GenerativeModel):
 
     @property
     def nfe_per_sample(self) -> float:
-        return float(len(respaced(self.options.timesteps, self.options.sample_steps)))
+        """Network evaluations per sample: one per step, x2 with classifier-free guidance (w > 0), +1 per
+        step for the guiding classifier."""
+        o = self.options
+        per_step = 1 + (self.is_conditional and o.guidance > 0) + (o.classifier_guidance > 0)
+        return float(len(respaced(o.timesteps, o.sample_steps)) * per_step)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator,
+                       y: torch.Tensor | None = None) -> list[Likelihood]:
         o = self.options
         x0 = x.float() / 127.5 - 1 if self.spec.kind == "image" else x.float()  # 8-bit grid in [-1, 1]
         k = o.timesteps - 1 if o.vlb_t_samples is None else min(o.vlb_t_samples, o.timesteps - 1)
-        lb = -self.vlb_terms(x0, generator, k).sum(1)  # (B,)
         params = {"T": o.timesteps, "schedule": o.schedule, "sigma": o.sigma, "t_samples": k,
                   "t_sampling": "all" if k == o.timesteps - 1 else "stratified",
                   "x_t_draws_per_term": 1, "monte_carlo": True}
-        return [Likelihood("vlb", "lower_bound", lb.float(), params)]
+        if not self.is_conditional:
+            lb = -self.vlb_terms(x0, generator, k).sum(1)  # (B,)
+            return [Likelihood("vlb", "lower_bound", lb.float(), params)]
+        if y is None:  # log p(x) of a conditional model is a sum over classes: not computed (module docstring)
+            return []
+        lb_y = -self.vlb_terms(x0, generator, k, y.to(x0.device).long()).sum(1)  # log p(x | y), test labels
+        null = torch.full((x0.shape[0],), self.spec.num_classes, dtype=torch.long, device=x0.device)
+        lb_null = -self.vlb_terms(x0, generator, k, null).sum(1)  # the shared net's unconditional (null-label) model
+        return [Likelihood("vlb", "lower_bound", lb_y.float(), params, given="y"),
+                Likelihood("vlb", "lower_bound", lb_null.float(), {**params, "label": "null"}, given="null")]
 
-    def vlb_terms(self, x0: torch.Tensor, generator: torch.Generator, t_samples: int | None) -> torch.Tensor:
-        """Per-example parts of the bound L (Ho et al. 2020, eq. 5), nats (B, 3): [L_T, sum_t L_{t-1}, L_0].
+    def vlb_terms(self, x0: torch.Tensor, generator: torch.Generator, t_samples: int | None,
+                  y: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example parts of the bound L (Ho et al. 2020, eq. 5), nats (B, 3): [L_T, sum_t L_{t-1}, L_0];
+        of log p(x | y) with labels y (B,) (the null label K: the unconditional model) on a conditional net.
 
         The middle column is the stratified estimate of the sum over t = 2..T (see the module docstring).
         """
         T = self.options.timesteps
-        eps_fn = self._eps(self.averaged("net"))
+        eps_fn = self._eps(self.averaged("net")) if y is None else self._eps_given(self.averaged("net"), y)
         b = x0.shape[0]
         dev = x0.device
         abar, betas = self.abar, self.betas

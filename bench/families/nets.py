@@ -177,7 +177,7 @@ class TimeUNet(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, int, int], width: int = 32, mults: tuple[int, ...] = (1, 2, 2),
-                 patch: int = 1, t_dim: int | None = None):
+                 patch: int = 1, t_dim: int | None = None, num_classes: int = 0):
         super().__init__()
         c, h, w = shape
         if h % patch or w % patch:
@@ -207,9 +207,13 @@ class TimeUNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(chs[0]), chs[0]), nn.SiLU(), nn.Conv2d(chs[0], c, 3, 1, 1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # created last, so an unconditional net draws the same initial weights as before labels existed
+        self.label_emb = label_embedding(num_classes, t_dim)
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         temb = self.time_mlp(timestep_embedding(t, self.t_freq))  # (B, t_dim)
+        if y is not None:
+            temb = temb + self.label_emb(y)  # class embedding added to the time embedding (Ho & Salimans 2022)
         if self.patch > 1:
             x = nn.functional.pixel_unshuffle(x, self.patch)  # (B, C p^2, H/p, W/p)
         h = self.inp(x)
@@ -228,28 +232,42 @@ class TimeUNet(nn.Module):
 class TimeMLP(nn.Module):
     """Time-conditioned MLP for points: (B, D), (B,) -> (B, D); the time embedding is concatenated to x."""
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, t_dim: int = 32):
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, t_dim: int = 32, num_classes: int = 0):
         super().__init__()
         self.t_dim = t_dim
         self.net = mlp(dim + t_dim, dim, hidden, depth)
         nn.init.zeros_(self.net[-1].weight)  # an untrained net predicts 0, as TimeUNet does
         nn.init.zeros_(self.net[-1].bias)
+        self.label_emb = label_embedding(num_classes, t_dim)
 
-    def forward(self, x, t):
-        return self.net(torch.cat([x, timestep_embedding(t, self.t_dim)], dim=1))  # (B, D)
+    def forward(self, x, t, y=None):
+        temb = timestep_embedding(t, self.t_dim)  # (B, t_dim)
+        if y is not None:
+            temb = temb + self.label_emb(y)
+        return self.net(torch.cat([x, temb], dim=1))  # (B, D)
 
 
-def time_conditioned_net(spec, family: str, width: int, mults, patch: int | None, hidden: int) -> nn.Module:
+def label_embedding(num_classes: int, dim: int) -> nn.Embedding | None:
+    """Learned class embeddings for labels 0..K-1 plus index K, the "null" label of classifier-free
+    guidance (Ho & Salimans 2022, sec. 3.2: one net, trained with labels dropped to null); None if K = 0."""
+    return nn.Embedding(num_classes + 1, dim) if num_classes else None
+
+
+def time_conditioned_net(spec, family: str, width: int, mults, patch: int | None, hidden: int,
+                         num_classes: int = 0) -> nn.Module:
     """The denoiser / velocity net of diffusion and flow matching: a TimeUNet on images, a TimeMLP on points.
+
+    ``num_classes`` > 0 adds a class embedding (K classes and the null label K); ``net(x, t, y)`` then
+    conditions on y, and ``net(x, t)`` is the plain unconditional net.
 
     ``patch=None`` folds 2x2 pixels into channels on images of 16 px and more (skips the costly
     full-resolution convolutions on a CPU) and works at full resolution otherwise.
     """
     if spec.kind != "image":
-        return TimeMLP(spec.dim, hidden)
+        return TimeMLP(spec.dim, hidden, num_classes=num_classes)
     _, h, w = spec.shape
     p = patch if patch is not None else (2 if h >= 16 and h % 2 == 0 and w % 2 == 0 else 1)
     if h % p or w % p:
         raise BenchError(f"{family} option patch={patch} does not divide the {h}x{w} images; "
                          "use a divisor of the image size (or null for the default)")
-    return TimeUNet(spec.shape, width, tuple(mults), p)
+    return TimeUNet(spec.shape, width, tuple(mults), p, num_classes=num_classes)

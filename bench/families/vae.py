@@ -21,6 +21,18 @@ grey values in [0, 1] is not a distribution over the 256 values of an 8-bit pixe
 would be wrong: with ``decoder: bernoulli`` the VAE reports no likelihood at all (like a GAN; its
 samples are still measured like every other family's). Likelihood numbers of the VAE therefore
 always come from the discretized-logistic decoder, on the 8-bit protocol.
+
+``conditional: true`` makes it a conditional VAE (Sohn et al. 2015, "Learning Structured Output
+Representation using Deep Conditional Generative Models", the CVAE of eq. 4 with the prior p(z)
+kept N(0, I), as Kingma et al. 2014's M2 does): the one-hot label enters the encoder
+q(z | x, y) (as constant label planes on images) and the decoder p(x | z, y), and the loss is the
+ELBO of log p(x | y). Likelihoods then come in two kinds:
+
+* given the test labels (``given="y"``): the ELBO and IWAE-k bounds on log p(x | y);
+* of the data alone (``given=None``, the usual names): ``log sum_y p(y) exp(B_y(x))`` where B_y is
+  the ELBO (one draw) or IWAE-k bound of class y and p(y) the training frequencies. Each is a lower
+  bound on log p(x) = log sum_y p(y) p(x | y) (Jensen's inequality over the K x k independent draws),
+  at K times the cost of the unconditional bound (``marginal_likelihood: false`` skips it).
 """
 from __future__ import annotations
 
@@ -49,6 +61,8 @@ class VAEOptions(FamilyOptions):
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
     iwae_k: int = Field(64, gt=0)  # importance samples for the IWAE bound at evaluation
     sample_mode: Literal["mean", "sample"] = "mean"  # images: decoder mean (usual) or a draw from p(x|z) (pixel noise)
+    conditional: bool = False  # cVAE: label into encoder and decoder, loss = ELBO of log p(x | y) (module docstring)
+    marginal_likelihood: bool = True  # conditional: also bound log p(x) = log sum_y p(y) p(x | y) (K x the cost)
 
 
 def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -83,33 +97,49 @@ class VAE(GenerativeModel):
         "batch_size": Categorical([32, 64, 128, 256]),
     }
     likelihood_kind = "lower_bound"
+    conditional_capable = True
+    sampling_options = frozenset({"sample_mode", "iwae_k", "marginal_likelihood"})
     watched_loss = "neg_elbo"
 
     def __init__(self, spec: DataSpec, options: VAEOptions):
         super().__init__(spec, options)
         z = options.latent_dim
+        k = self.n_labels = spec.num_classes if options.conditional else 0  # one-hot width fed to both nets
         if spec.kind == "image" and options.arch == "mlp":
-            self.encoder = nn.Sequential(nn.Flatten(), mlp(spec.dim, 2 * z, options.hidden, depth=2, act=nn.ReLU))
-            self.decoder = nn.Sequential(mlp(z, spec.dim, options.hidden, depth=2, act=nn.ReLU),
+            # a cVAE's label planes (B, K, H, W) are flattened with the image
+            self.encoder = nn.Sequential(nn.Flatten(), mlp((spec.shape[0] + k) * spec.shape[1] * spec.shape[2], 2 * z,
+                                                           options.hidden, depth=2, act=nn.ReLU))
+            self.decoder = nn.Sequential(mlp(z + k, spec.dim, options.hidden, depth=2, act=nn.ReLU),
                                          nn.Unflatten(1, spec.shape))  # -> (B, C, H, W) logits or means
         elif spec.kind == "image":
-            self.encoder = ConvEncoder(spec.shape, 2 * z, width=options.width)  # -> (B, 2z): mean, log-variance
-            self.decoder = ConvDecoder(z, spec.shape, width=options.width)  # -> (B, C, H, W) means (logits: bernoulli)
+            # -> (B, 2z): mean, log-variance; a cVAE's label arrives as K constant planes
+            self.encoder = ConvEncoder(spec.shape, 2 * z, width=options.width, extra_in_channels=k)
+            self.decoder = ConvDecoder(z + k, spec.shape, width=options.width)  # -> (B, C, H, W) means (logits: bernoulli)
         if spec.kind == "image" and options.decoder == "logistic":
             self.log_scale = torch.nn.Parameter(torch.full(spec.shape, -2.0))  # per-pixel logistic log-scale
         if spec.kind != "image":
-            self.encoder = mlp(spec.dim, 2 * z, options.hidden)
-            self.decoder = mlp(z, 2 * spec.dim, options.hidden)  # Gaussian mean and log-std
+            self.encoder = mlp(spec.dim + k, 2 * z, options.hidden)
+            self.decoder = mlp(z + k, 2 * spec.dim, options.hidden)  # Gaussian mean and log-std
 
     # ------------------------------------------------------------------ pieces
-    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _onehot(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) labels -> (B, K) one-hot for a cVAE; None for the unconditional VAE."""
+        return F.one_hot(y.long(), self.n_labels).float() if self.n_labels else None
+
+    def _posterior(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if onehot is not None:  # q(z | x, y): images get the label as constant planes (B, K, H, W)
+            lab = onehot[:, :, None, None].expand(-1, -1, *x.shape[2:]) if self.spec.kind == "image" else onehot
+            x = torch.cat([x, lab], dim=1)
         h = self.encoder(x)
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-12, 8)  # (B, z) each
 
-    def _log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) in nats, (B,). Images: x in [-1, 1] on the 8-bit grid."""
-        out = self.decoder(z)
+    def _decode(self, z: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(z if onehot is None else torch.cat([z, onehot], dim=1))  # p(x | z[, y])
+
+    def _log_px_given_z(self, x: torch.Tensor, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x | z[, y]) in nats, (B,). Images: x in [-1, 1] on the 8-bit grid."""
+        out = self._decode(z, onehot)
         if self.spec.kind == "image" and self.options.decoder == "bernoulli":
             logp = -F.binary_cross_entropy_with_logits(out, (x + 1) / 2, reduction="none")  # targets: grey levels x/255
         elif self.spec.kind == "image":
@@ -123,9 +153,10 @@ class VAE(GenerativeModel):
     def _to_model_scale(self, x01: torch.Tensor) -> torch.Tensor:
         return x01 * 2 - 1 if self.spec.kind == "image" else x01
 
-    def _log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k posterior samples per example: (k, B)."""
-        mu, logvar = self._posterior(x)
+    def _log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator,
+                     onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x, z_i [| y]) - log q(z_i | x [, y]) for k posterior samples per example: (k, B)."""
+        mu, logvar = self._posterior(x, onehot)
         std = torch.exp(0.5 * logvar)
         out = []
         for _ in range(k):
@@ -133,36 +164,57 @@ class VAE(GenerativeModel):
             z = mu + std * eps
             log_q = (-0.5 * eps.square() - 0.5 * logvar - 0.5 * LOG_2PI).sum(1)
             log_pz = (-0.5 * z.square() - 0.5 * LOG_2PI).sum(1)
-            out.append(self._log_px_given_z(x, z) + log_pz - log_q)
+            out.append(self._log_px_given_z(x, z, onehot) + log_pz - log_q)
         return torch.stack(out)
+
+    def _bounds(self, x: torch.Tensor, generator: torch.Generator,
+                onehot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ELBO with one draw, IWAE-k) per example, (B,) each, of log p(x [| y])."""
+        elbo = self._log_weights(x, 1, generator, onehot)[0]
+        k = self.options.iwae_k
+        return elbo, torch.logsumexp(self._log_weights(x, k, generator, onehot), dim=0) - math.log(k)
 
     # ------------------------------------------------------------------ interface
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._to_model_scale(x)
-        mu, logvar = self._posterior(x)
+        onehot = self._onehot(y)
+        mu, logvar = self._posterior(x, onehot)
         eps = torch.randn(mu.shape, generator=self.gen, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
-        rec = self._log_px_given_z(x, z)  # (B,)
+        rec = self._log_px_given_z(x, z, onehot)  # (B,)
         kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)  # KL(q || N(0, I)), closed form
         return {"neg_elbo": (kl - rec).mean(), "kl": kl.mean()}  # negative ELBO, nats per example
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> list[Likelihood]:
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator,
+                       y: torch.Tensor | None = None) -> list[Likelihood]:
         if self.spec.kind == "image" and self.options.decoder == "bernoulli":
             return []  # not a likelihood of 8-bit data (module docstring): no bits/dim rather than a wrong one
         xs = self._to_model_scale(x.float() / 255 if self.spec.kind == "image" else x.float())
-        elbo = self._log_weights(xs, 1, generator)[0]
         k = self.options.iwae_k
-        iwae = torch.logsumexp(self._log_weights(xs, k, generator), dim=0) - math.log(k)
-        return [
-            Likelihood("elbo", "lower_bound", elbo),
-            Likelihood("iwae", "lower_bound", iwae, {"k": k}),
-        ]
+        if not self.n_labels:
+            elbo, iwae = self._bounds(xs, generator, None)
+            return [Likelihood("elbo", "lower_bound", elbo), Likelihood("iwae", "lower_bound", iwae, {"k": k})]
+        out = []
+        if y is not None:  # bounds on log p(x | y) of the test labels
+            elbo, iwae = self._bounds(xs, generator, self._onehot(y.to(xs.device)))
+            out += [Likelihood("elbo", "lower_bound", elbo, given="y"),
+                    Likelihood("iwae", "lower_bound", iwae, {"k": k}, given="y")]
+        if self.options.marginal_likelihood:  # log p(x) >= log sum_y p(y) exp(bound_y(x)) (module docstring)
+            log_py = torch.tensor(self.spec.class_frequencies, device=xs.device).log()  # (K,)
+            labels = [torch.full((xs.shape[0],), c, dtype=torch.long, device=xs.device) for c in range(self.n_labels)]
+            per_class = [self._bounds(xs, generator, self._onehot(yc)) for yc in labels]  # K x (ELBO, IWAE)
+            params = {"marginal": f"log sum_y p(y) exp(bound_y), {self.n_labels} classes"}
+            for i, (est, extra) in enumerate((("elbo", {}), ("iwae", {"k": k}))):
+                b = torch.stack([pc[i] for pc in per_class])  # (K, B)
+                out.append(Likelihood(est, "lower_bound", torch.logsumexp(log_py[:, None] + b, 0), {**extra, **params}))
+        return out
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, y: torch.Tensor | None = None) -> torch.Tensor:
+        onehot = self._onehot(self.labels_for(n, generator, y)) if self.n_labels else None
         z = torch.randn(n, self.options.latent_dim, generator=generator, device=generator.device).to(self.device)
-        out = self.decoder(z)
+        out = self._decode(z, onehot)
         if self.spec.kind != "image":
             mean, log_std = out.chunk(2, dim=1)
             noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)

@@ -21,7 +21,9 @@ Exactness, and why it holds:
   compares, whatever the blocking (tested). Precision/recall are then *exactly*
   torch-fidelity's, ties included, in its ``save_cpu_ram=False`` orientation (real points as
   rows), the one bench called; density/coverage equal prdc's wherever prdc's float64
-  distances and these agree on which side of a radius a pair lies (always in float64).
+  distances and these agree on which side of a radius a pair lies (always in float64), and
+  equal ``bench.metrics.coverage``'s bit for bit, including its one departure from prdc: a real
+  point with k or more exact duplicates (radius 0) holds a sample that coincides with it.
 * **FID** takes the trace term from the symmetric matrix ``S_r^(1/2) S_g S_r^(1/2)``
   (``eigvalsh``) with ``S_r^(1/2)`` cached: it has the same eigenvalues as torch-fidelity's
   ``S_r S_g`` (AB and BA share their non-zero eigenvalues), so FID agrees to ~1e-9 relative
@@ -358,7 +360,8 @@ def neighbourhood_metrics(gen: torch.Tensor, real: torch.Tensor, stats: RealStat
 
     precision = share of samples within the k-NN radius of some real point (``<=``, torch-fidelity);
     recall    = share of real points within the k-NN radius of some sample (``<=``);
-    density   = 1/(kN) sum_j sum_i 1[d(X_i, Y_j) < NND_k(X_i)]  (Naeem et al. eq. 5, strict, as prdc);
+    density   = 1/(kN) sum_j sum_i 1[d(X_i, Y_j) < NND_k(X_i)]  (Naeem et al. eq. 5, strict, as prdc;
+                a radius of 0, from exact duplicates, holds a sample at distance 0, as bench.metrics.coverage);
     coverage  = 1/M sum_i 1[exists j: d(X_i, Y_j) < NND_k(X_i)]   (eq. 6).
     ``None`` skips a pair. The real radii come from ``stats`` (added there on first use of a k).
     """
@@ -373,7 +376,11 @@ def neighbourhood_metrics(gen: torch.Tensor, real: torch.Tensor, stats: RealStat
         margin_gen = torch.full((n,), math.inf, dtype=gen.dtype)  # per sample: min over real balls
         real_in_gen = torch.zeros(m, dtype=torch.bool)
     if dc_k is not None:
-        dc_t = geo.threshold(stats.radii[dc_k], strict=True)
+        radii = stats.radii[dc_k]
+        # a real point with dc_k or more exact duplicates has radius 0: its ball holds a sample that
+        # coincides with it (d <= 0), as bench.metrics.coverage.density_coverage counts it (strictly,
+        # prdc's rule, nothing could ever be inside); a radius above 0 keeps Naeem et al.'s strict <
+        dc_t = torch.where(radii > 0, geo.threshold(radii, strict=True), geo.threshold(radii, strict=False))
         covered = torch.zeros(m, dtype=torch.bool)
         inside = 0
     blocks = _row_blocks(m, n, block_elements)

@@ -4,8 +4,9 @@ Two feature spaces (DESIGN.md, "Metrics"):
 
 * ``domain``: the domain classifier of ``bench.metrics.domain`` (``bench-domain``); for
   ``toy2d`` points the identity (``bench-identity``: the points are their own features);
-* ``inception``: torch-fidelity's ``inception-v3-compat`` with the offline weights of
-  ``bench.metrics.inception``.
+* ``inception``: torch-fidelity's ``inception-v3-compat`` graph with the offline weights of
+  ``bench.metrics.inception``, run as ``bench.metrics.inception_fast.FastInceptionV3`` (the same
+  features to ~1e-5; ``inception_extractor``).
 
 Both bench extractors are ``FeatureExtractorBase`` subclasses registered in torch-fidelity's
 registry when this module is imported (the only way to reach them), so
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -32,6 +33,10 @@ from bench.errors import BenchError
 from bench.metrics import inception
 from bench.metrics.caches import clear_references
 from bench.metrics.domain import DOMAIN_VERSION, ensure_domain_net, load_domain_net, to_unit
+from bench.metrics.inception_fast import EXTRACTOR_NAMES, FastInceptionV3
+
+if TYPE_CHECKING:
+    from bench.metrics.quality import InceptionPrecision  # "fp32" | "bf16-approx": the suite's option
 
 DOMAIN_EXTRACTOR = "bench-domain"  # torch-fidelity registry names
 IDENTITY_EXTRACTOR = "bench-identity"
@@ -164,17 +169,22 @@ def domain_extractor(ds: Dataset, device: torch.device, min_accuracy: float | No
     return _EXTRACTORS[key]
 
 
-def inception_extractor(device: torch.device) -> Extractor:
-    """torch-fidelity's Inception-v3 (FID graph) with the offline weights; pool3 (2048-d) features."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+def inception_extractor(device: torch.device, precision: InceptionPrecision = "fp32") -> Extractor:
+    """The FID Inception-v3 (torch-fidelity's graph, the offline weights) as ``FastInceptionV3``: pool3 (2048-d).
 
+    ``"fp32"`` is the exact path: torch-fidelity's ``inception-v3-compat`` features to ~1e-5 (folded batch
+    norms change the rounding only; tests/test_fast_metrics.py). ``"bf16-approx"`` runs the trunk in
+    bfloat16: features move by ~2 %, FID by up to ``inception_fast.BF16_FID_TOLERANCE`` (relative). The
+    extractor's name is in its cache key, so features of the two paths, and of torch-fidelity's own
+    extractor (cached by earlier versions), never mix.
+    """
+    internal = "bf16" if precision == "bf16-approx" else "fp32"
+    name = next(n for n, p in EXTRACTOR_NAMES.items() if p == internal)
     path = inception.weights_path()
-    key = (inception.EXTRACTOR_NAME, str(path), str(device))
+    key = (name, str(path), str(device))
     if key not in _EXTRACTORS:
-        module = FeatureExtractorInceptionV3(
-            inception.EXTRACTOR_NAME, [inception.FEATURE_LAYER], feature_extractor_weights_path=str(path)
-        )
-        tag = f"{inception.EXTRACTOR_NAME}-{inception.weights_sha256(path)[:12]}"
+        module = FastInceptionV3(name, [inception.FEATURE_LAYER], feature_extractor_weights_path=str(path), precision=internal)
+        tag = f"{name}-{inception.weights_sha256(path)[:12]}"
         _EXTRACTORS[key] = Extractor("inception", module.to(device), tag, channels=3,
                                      rename={inception.FEATURE_LAYER: "features"})
     return _EXTRACTORS[key]

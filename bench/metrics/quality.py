@@ -3,11 +3,14 @@
 ``QualityEvaluator`` reads the cell's generated samples. Per requested feature space it
 extracts the samples' features once (``bench.metrics.fidelity``), reads the real test-split
 reference features from the disk cache (``bench.metrics.caches``), and computes every
-requested metric from those two feature sets: FID, KID and precision/recall with
-torch-fidelity's own functions (the same code ``torch_fidelity.calculate_metrics`` runs after
-its own feature pass), density/coverage and class/mode coverage with ``bench.metrics.coverage``.
-Metric names carry their feature space (``fid_domain``, ``fid_inception``); every metric's
-``params`` record the sample counts.
+requested metric from those two feature sets with ``bench.metrics.fast``: everything that
+depends on the real set only (FID moments, k-NN radii, KID real-real kernel sums: ``RealStats``)
+is computed once per reference and cached with its features; per model only what involves the
+samples. The values are torch-fidelity's (FID to ~1e-9 relative, precision/recall exactly, KID to
+float32 rounding) and density/coverage ``bench.metrics.coverage``'s (tests/test_fast_metrics.py);
+class/mode coverage come from ``bench.metrics.coverage``. Metric names carry their feature space
+(``fid_domain``, ``fid_inception``); every metric's ``params`` record the sample counts, and the
+Inception space's the Inception precision (``inception_precision``: exact fp32, or bf16-approx).
 
 On a dataset without labels there is no domain classifier: the domain-space and class-coverage
 metrics are reported unavailable with the reason, and the Inception space (if requested) is the
@@ -18,16 +21,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
 from bench.data import Dataset
 from bench.errors import BenchError
-from bench.metrics import coverage
-from bench.metrics.caches import reference_features, update_reference
+from bench.metrics import coverage, fast
 from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
+from bench.metrics.caches import reference_features, update_reference
 from bench.metrics.inception import UNAVAILABLE_IS
 from bench.results import Metric, MetricSpec, metric, unavailable
 
@@ -36,6 +38,8 @@ from bench.results import Metric, MetricSpec, metric, unavailable
 if TYPE_CHECKING:
     from bench.metrics.fidelity import Extractor
 
+# The Inception path: exact (fp32), or bfloat16 under a name that says it is an approximation
+InceptionPrecision = Literal["fp32", "bf16-approx"]
 FeatureSpace = Literal["domain", "inception"]
 QualityMetric = Literal["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
 ALL_METRICS: list[QualityMetric] = ["fid", "kid", "precision_recall", "density_coverage", "class_coverage"]
@@ -103,6 +107,9 @@ class QualityOptions(EvaluatorOptions):
     batch_size: int = Field(500, ge=1)  # images per forward pass of the domain net
     inception_batch_size: int = Field(50, ge=1)  # Inception at 299x299 needs far more memory per image
     inception_max_samples: int | None = Field(None, ge=2)  # Inception space: first N samples and N references only
+    inception_precision: InceptionPrecision = "fp32"  # fp32: exact (torch-fidelity's features to 1e-5); bf16-approx:
+    #   bfloat16 Inception on CPUs with AMX / AVX-512-BF16, ~1.5x faster, FID within ~2 % of the exact one: never
+    #   compare its numbers with exact or published FIDs (recorded in each inception metric's params)
     class_min_share: float = Field(coverage.MIN_SHARE, gt=0, le=1)  # covered = >= this share of the expected count
     classifier_score_splits: int = Field(10, ge=1)  # splits of the Inception-Score formula
     domain_min_accuracy: float | None = Field(None, gt=0, le=1)  # domain net test-accuracy floor (None: per dataset)
@@ -122,123 +129,112 @@ class QualityOptions(EvaluatorOptions):
 # Metrics from one pair of feature sets
 
 
-def _fid_stats(ref: dict[str, Any]) -> dict[str, Any]:
-    """torch-fidelity's {mu, sigma} of the reference, computed once and cached as tensors (weights_only loads)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    if "fid_mu" not in ref:
-        stats = fid_features_to_statistics(ref["features"])
-        update_reference(ref, fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
-    return {"mu": ref["fid_mu"].numpy(), "sigma": ref["fid_sigma"].numpy()}
-
-
-def _radii(ref: dict[str, Any], k: int) -> torch.Tensor:
-    key = f"knn_radii_k{k}"
-    if key not in ref:
-        update_reference(ref, **{key: coverage.knn_radii(ref["features"], k)})
-    return ref[key]
+def real_stats(ref: dict[str, Any], ks: tuple[int, ...] = (), kid: fast.KidPlan | None = None,
+               n_gen: int | None = None) -> fast.RealStats:
+    """The reference's real-only statistics (``fast.RealStats``: FID moments, k-NN radii for ``ks``, KID
+    real-real sums for ``kid`` at ``n_gen`` samples), built on first use and kept in the reference cache
+    (``update_reference``: the file and its sidecar are rewritten whenever something is added)."""
+    real = ref["features"]  # (M, F)
+    if "fast_stats" in ref:
+        stats = fast.RealStats.from_state(ref["fast_stats"])
+        added = stats.ensure(real, ks, kid, n_gen)
+    else:
+        stats, added = fast.RealStats.build(real, ks, kid, n_gen), True
+    if added:
+        update_reference(ref, fast_stats=stats.to_state())
+    return stats
 
 
 def fid_from_features(gen: torch.Tensor, ref: dict[str, Any]) -> float:
-    """FID with torch-fidelity's statistics and distance (generated first, as torch-fidelity's input1)."""
+    """FID of generated features ``gen`` (N, F) against the cached reference (NaN where it is undefined)."""
     value, _ = fid_checked(gen, ref)
     return math.nan if value is None else value
 
 
-FID_TOL = 1e-6  # relative to the largest eigenvalue / to tr(S1) + tr(S2): what float64 rounding can explain
+FID_TOL = 1e-6  # relative to tr(S_r) + tr(S_g): what float64 rounding can explain
 
 
 def fid_checked(gen: torch.Tensor, ref: dict[str, Any]) -> tuple[float | None, str]:
-    """FID of generated features ``gen`` (N, F) against the cached reference, and a note on its numerical traps."""
+    """FID of generated features ``gen`` (N, F) against the cached reference (``fast.fid``: torch-fidelity's
+    value to ~1e-9 relative), and a note on its numerical traps.
+
+    ``fast.fid`` takes the trace term from the eigenvalues of the symmetric PSD matrix
+    S_r^(1/2) S_g S_r^(1/2), so torch-fidelity's traps of a general eigensolver on S_r S_g (complex
+    or negative eigenvalues) cannot occur. What remains: fewer samples than dimensions (a singular
+    covariance: FID is biased up, the note says so), and a distance that rounds below 0 (reported
+    as 0, the note says from what); one below 0 beyond rounding (a damaged cache) is None.
+    """
     n, dims = gen.shape
     if n < 2:
         return None, f"FID needs at least 2 samples for a covariance, got {n}"
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    s1, s2 = fid_features_to_statistics(gen), _fid_stats(ref)
-    fid, notes = frechet_distance(s1["mu"], s1["sigma"], s2["mu"], s2["sigma"])
-    if n <= dims:
-        notes.insert(0, f"{n} samples in {dims} feature dimensions: the sample covariance is singular, FID is biased up")
+    stats = real_stats(ref)
+    fid = fast.fid(gen, stats)
+    notes = [f"{n} samples in {dims} feature dimensions: the sample covariance is singular, FID is biased up"] \
+        if n <= dims else []
+    if fid < 0:
+        traces = float(stats.sigma.trace()) + float(gen.double().var(0).sum())  # tr(S_r) + tr(S_g)
+        if fid < -FID_TOL * max(traces, 1.0):
+            return None, "; ".join([*notes, f"FID came out at {fid:.3g}, below 0 beyond rounding: not reported"])
+        notes.append(f"FID {fid:.2g} (rounding below 0) reported as 0")
+        fid = 0.0
     return fid, "; ".join(notes)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> tuple[float | None, list[str]]:
-    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))  (Heusel et al. 2017, after Dowson & Landau 1982),
-    with the trace term computed exactly as torch-fidelity does, and notes on its numerical traps.
-
-    tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(S1 S2)). S1 S2 is similar to S1^(1/2) S2 S1^(1/2), so in exact
-    arithmetic every lambda_i is real and >= 0; in floating point some come out complex or slightly
-    negative (pytorch-fid's sqrtm raises "Imaginary component" there). The real part of the complex root
-    is kept and a note says how large the deviation was. A distance that rounds below 0 is reported as
-    0 (the note says from what); one below 0 beyond rounding (a non-PSD covariance, e.g. a damaged
-    cache) is None.
-    """
-    eig = np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)
-    diff = mu1 - mu2
-    # torch-fidelity's expression in its order: mu may be float32, and a Python float added to it first
-    # would keep the sum in float32 (numpy 2 promotion)
-    fid = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(np.sqrt(eig).real))
-    traces = float(np.trace(sigma1) + np.trace(sigma2))
-    notes = []
-    scale = max(float(np.abs(eig).max()), np.finfo(np.float64).tiny)
-    if np.abs(eig.imag).max() > FID_TOL * scale:
-        notes.append(f"eigenvalues of S1 S2 had imaginary parts up to {np.abs(eig.imag).max() / scale:.1e} of the "
-                     "largest (real part of the square root used)")
-    if eig.real.min() < -FID_TOL * scale:
-        notes.append(f"eigenvalues of S1 S2 down to {eig.real.min() / scale:.1e} of the largest (counted as 0)")
-    if fid < 0:
-        if fid < -FID_TOL * max(traces, 1.0):
-            return None, [*notes, f"FID came out at {fid:.3g}, below 0 beyond rounding: not reported"]
-        notes.append(f"FID {fid:.2g} (rounding below 0) reported as 0")
-        fid = 0.0
-    return fid, notes
-
-
 def one_blas_thread():
-    """torch-fidelity's FID and KID run in numpy; multi-threaded OpenBLAS on small matrices spins and is
-    far slower on a busy 2-core machine (eigvals of a 128x128 matrix: 1.6 s vs 3 ms; 2048x2048: 29 s vs
-    7 s), and one thread also makes the numbers independent of the core count."""
+    """numpy's BLAS limited to one thread around the metrics: multi-threaded OpenBLAS spins on small
+    matrices on a busy 2-core machine (torch-fidelity's eigvals of a 128x128 matrix: 1.6 s vs 3 ms), and
+    one thread keeps numpy's share of the numbers (``fast``'s float32 means) independent of the core count."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
-    """Every requested feature-based metric of generated features ``gen`` (N, F) vs the cached reference."""
+def feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions,
+                    **params: Any) -> list[Metric]:
+    """Every requested feature-based metric of generated features ``gen`` (N, F) vs the cached reference.
+
+    ``bench.metrics.fast`` with the reference's ``RealStats`` (``real_stats``): FID and precision/recall
+    are torch-fidelity's (to ~1e-9 relative; exactly), KID is torch-fidelity's to float32 rounding of the
+    kernel values, density/coverage is ``bench.metrics.coverage``'s bit for bit (tests/test_fast_metrics.py).
+    ``params`` are added to every metric's params.
+    """
     with one_blas_thread():
-        return _feature_metrics(gen, ref, space, ext, opts)
+        return _feature_metrics(gen, ref, space, ext, opts, params)
 
 
-def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions) -> list[Metric]:
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-
+def _feature_metrics(gen: torch.Tensor, ref: dict[str, Any], space: str, ext: Extractor, opts: QualityOptions,
+                     params: dict[str, Any]) -> list[Metric]:
     real = ref["features"]  # (M, F)
     n, m = len(gen), len(real)
-    base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"]}
+    base = {"space": space, "extractor": ext.key, "n_samples": n, "n_reference": m, "reference_split": ref["split"],
+            **params}
+    size = min(opts.kid_subset_size, n, m)
+    plan = fast.KidPlan(opts.kid_subsets, size, opts.seed) if "kid" in opts.metrics else None
+    pr_k = opts.pr_k if "precision_recall" in opts.metrics else None
+    dc_k = opts.dc_k if "density_coverage" in opts.metrics else None
+    # every real-only quantity this call needs, computed (and cached) at most once per reference
+    stats = real_stats(ref, tuple(k for k in (pr_k, dc_k) if k is not None), plan, n)
     out: list[Metric] = []
     if "fid" in opts.metrics:
         fid, note = fid_checked(gen, ref)
         out.append(metric(f"fid_{space}", fid, note=note, **base))
-    if "kid" in opts.metrics:
-        size = min(opts.kid_subset_size, n, m)
+    if plan is not None:
         note = f"kid_subset_size capped at {size} (samples: {n}, reference: {m})" if size < opts.kid_subset_size else ""
-        kid = kid_features_to_metric(gen, real, kid_subsets=opts.kid_subsets, kid_subset_size=size,
-                                     rng_seed=opts.seed, verbose=False)
+        kid_mean, kid_std = fast.kid(gen, real, stats, plan)
         p = {**base, "kid_subsets": opts.kid_subsets, "kid_subset_size": size, "seed": opts.seed}
-        out.append(metric(f"kid_{space}", kid[KEY_METRIC_KID_MEAN], note=note, **p))
-        out.append(metric(f"kid_{space}_std", kid[KEY_METRIC_KID_STD], note=note, **p))
-    if "precision_recall" in opts.metrics:
-        prc = prc_features_to_metric(gen, real, prc_neighborhood=opts.pr_k, prc_batch_size=10_000,
-                                     save_cpu_ram=False, verbose=False)
+        out.append(metric(f"kid_{space}", kid_mean, note=note, **p))
+        out.append(metric(f"kid_{space}_std", kid_std, note=note, **p))
+    if pr_k is None and dc_k is None:
+        return out
+    hood = fast.neighbourhood_metrics(gen, real, stats, pr_k=pr_k, dc_k=dc_k)
+    if pr_k is not None:
         # precision reads the real points' k-NN balls, recall the samples': duplicates make balls of radius 0
-        p_note, r_note = coverage.duplicates_note(real, opts.pr_k, "reference points"), \
-            coverage.duplicates_note(gen, opts.pr_k, "samples")
-        out.append(metric(f"precision_{space}", prc[KEY_METRIC_PRECISION], note=p_note, k=opts.pr_k, **base))
-        out.append(metric(f"recall_{space}", prc[KEY_METRIC_RECALL], note=r_note, k=opts.pr_k, **base))
-    if "density_coverage" in opts.metrics:
-        density, cov = coverage.density_coverage(real, gen, k=opts.dc_k, radii=_radii(ref, opts.dc_k))
-        note = coverage.duplicates_note(real, opts.dc_k, "reference points")
-        out.append(metric(f"density_{space}", density, note=note, k=opts.dc_k, **base))
-        out.append(metric(f"coverage_{space}", cov, note=note, k=opts.dc_k, **base))
+        p_note, r_note = coverage.duplicates_note(real, pr_k, "reference points"), \
+            coverage.duplicates_note(gen, pr_k, "samples")
+        out.append(metric(f"precision_{space}", hood["precision"], note=p_note, k=pr_k, **base))
+        out.append(metric(f"recall_{space}", hood["recall"], note=r_note, k=pr_k, **base))
+    if dc_k is not None:
+        note = coverage.duplicates_note(real, dc_k, "reference points")
+        out.append(metric(f"density_{space}", hood["density"], note=note, k=dc_k, **base))
+        out.append(metric(f"coverage_{space}", hood["coverage"], note=note, k=dc_k, **base))
     return out
 
 
@@ -321,7 +317,7 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
             ext = domain_extractor(dataset, device, opts.domain_min_accuracy)
             x, bs, n_ref = samples, opts.batch_size, opts.n_reference
         else:
-            ext = inception_extractor(device)
+            ext = inception_extractor(device, opts.inception_precision)
             cap = opts.inception_max_samples or len(samples)
             x, bs, n_ref = samples[:cap], opts.inception_batch_size, min(opts.n_reference, cap)
         gen = ext.extract(x, bs, device)  # the one feature pass over this sample set
@@ -329,7 +325,8 @@ def evaluate_quality(samples: torch.Tensor, dataset: Dataset, options: QualityOp
             domain_logits, domain_key = gen["logits"], ext.key
         if feature_based:
             ref = reference_features(dataset, ext, n_ref, bs, device)
-            out += feature_metrics(gen["features"], ref, space, ext, opts)
+            params = {"inception_precision": opts.inception_precision} if space == "inception" else {}
+            out += feature_metrics(gen["features"], ref, space, ext, opts, **params)
     if "class_coverage" in opts.metrics:
         if dataset.kind == "points":
             out += mode_metrics(samples.float(), dataset, opts)

@@ -74,6 +74,7 @@ def status_table(records: list[CellRecord]) -> pd.DataFrame:
             "ok": sum(r.status == "ok" for r in rs), "diverged": sum(r.status == "diverged" for r in rs),
             "failed": sum(r.status == "failed" for r in rs),
             "budget": ", ".join(f"{k}={v:g}" for k, v in rs[0].budget.items()),
+            "precision": "/".join(sorted({r.train["precision"] for r in rs if r.train.get("precision")})),  # as ran
             "train_s": mean("seconds"), "steps": mean("steps"), "epochs": mean("epochs"),
             "params": mean("params"), "eval_s": mean("eval_seconds"),
         })
