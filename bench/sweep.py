@@ -3,8 +3,8 @@
 A model in a suite may carry ``sweep: {sample_steps: [5, 10, 25, 50, 100], sampler: [ddpm, ddim]}``.
 Its cells train (or load) and are evaluated as usual; then, for every point of the product grid
 (keys in the order the suite gives them), the cell's checkpoint is loaded, the point's options are
-set on the model (``set_sampling_options`` where the family declares which options are read only at
-sampling time) and every evaluator that reads the trained model or its samples runs again: quality,
+set on the model (``set_sampling_options``: only the options the family declares it reads at sampling
+time, its ``sampling_options``) and every evaluator that reads the trained model or its samples runs again: quality,
 speed, controllability and the counted NFE (``nfe``, always), not the likelihoods (they read test
 data, not samples, and are the expensive part). Each point is its own record,
 ``<model>__seed<s>__<k>=<v>,...`` with ``sweep: {k: v, ...}``, and its own row in the report and in
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import ValidationError
 
-from bench.errors import BenchError
 from bench.families.base import GenerativeModel
 from bench.metrics import EVALUATORS
 from bench.metrics.base import EvalContext, Evaluator
@@ -50,16 +49,13 @@ def sweep_problem(cls: type[GenerativeModel], options: dict[str, Any],
                   sweep: dict[str, list[Any]]) -> tuple[tuple, str] | None:
     """What is wrong with a model's ``sweep:`` (the location under it and a one-line message), or None."""
     fields = cls.Options.model_fields
-    # the options a family reads only at sampling time; a family that does not say (None) may sweep any option
-    # its Options accept, and set_sampling_options is the family's own check at evaluation time
-    declared = getattr(cls, "sampling_options", None)
-    sweepable = sorted(declared) if declared is not None else sorted(fields)
+    sweepable = sorted(cls.sampling_options)  # what the family reads only when sampling (bench.families.base)
     if not sweep:
         return (), "an empty sweep; give option: [values] pairs, or drop sweep:"
     for key, values in sweep.items():
         if key not in fields:
             return (key,), f"unknown option of family {cls.family!r}; sweepable options: {', '.join(sweepable) or 'none'}"
-        if declared is not None and key not in declared:
+        if key not in cls.sampling_options:
             return (key,), (f"family {cls.family!r} does not list {key} among the options it reads only when "
                             f"sampling (its sampling_options), so it cannot change without retraining; sweepable "
                             f"options: {', '.join(sweepable) or 'none'}")
@@ -84,15 +80,9 @@ def sweep_problem(cls: type[GenerativeModel], options: dict[str, Any],
 
 
 def apply_point(model: GenerativeModel, point: dict[str, Any]) -> None:
-    """Set a point's sampling options on a trained model, validated like the suite's ``options:``."""
-    setter = getattr(model, "set_sampling_options", None)
-    if callable(setter):  # the family's own check (it refuses options that shape the network)
-        setter(**point)
-        return
-    try:
-        model.options = type(model.options).model_validate({**model.options.model_dump(), **point})
-    except ValidationError as e:
-        raise BenchError(f"{model.family}: sweep point {point}: {e.errors()[0]['msg']}") from None
+    """Set a point's sampling options on a trained model: the family's ``set_sampling_options`` validates them like
+    the suite's ``options:`` and refuses an option that shapes the network."""
+    model.set_sampling_options(**point)
 
 
 def point_evaluators(evaluators: list[Evaluator], eval_cfg: EvalConfig) -> list[Evaluator]:

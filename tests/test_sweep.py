@@ -9,10 +9,9 @@ from bench.compare import compare_runs
 from bench.config import EvalConfig, load_suite, parse_suite
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.families.base import DataSpec, FamilyOptions, GenerativeModel
+from bench.families.base import DataSpec, FamilyOptions, GenerativeModel, count_calls, measure_nfe
 from bench.metrics.base import EvalContext
 from bench.metrics.controllability import ControllabilityEvaluator, controllability, nearest_mode
-from bench.nfe import count_calls, measure_nfe
 from bench.runner import run_suite
 from bench.store import RunStore
 from bench.sweep import grid
@@ -28,7 +27,7 @@ eval: {metrics: [quality, speed], n_samples: 64, speed: {batch_size: 64, repeats
 models:
   - {name: dm, family: diffusion, options: {mults: [1], width: 8, timesteps: 100},
      sweep: {sample_steps: [2, 4], sampler: [ddpm, ddim]}}
-  - {name: fl, family: flow, options: {steps_per_level: 1}, sweep: {temperature: [0.7, 1.0]}}
+  - {name: gan, family: gan, options: {width: 8}, sweep: {truncation: [0.5, 1.0]}}
 """
 
 
@@ -41,6 +40,8 @@ def test_grid_is_the_product_in_the_suites_key_order():
     ("{sample_step: [5]}", 6, r"models\[0\]\.sweep\.sample_step: unknown option of family 'diffusion'; sweepable"),
     ("{sampler: [ddpm, euler]}", 6, r"sweep\.sampler\[1\]: 'euler': Input should be 'ddpm' or 'ddim'"),
     ("{sample_steps: [5, 5]}", 6, r"a value appears twice"),
+    ("{width: [8, 16]}", 6, r"sweep\.width: family 'diffusion' does not list width among the options it reads only "
+                            r"when sampling"),
     ("{sample_steps: []}", 6, r"non-empty list"),
     ("{sample_steps: [5, 200]}", 6, r"sample_steps\[1\]: 200: sample_steps=200 exceeds timesteps=100"),
 ])
@@ -57,9 +58,9 @@ def test_every_point_is_a_record_and_a_row_and_the_model_trains_once(tmp_path, w
     run_dir = run_suite(load_suite(p), p, out=tmp_path / "run", quiet=True)
     recs = {r.cell_id: r for r in RunStore(run_dir).records()}
     points = [f"dm__seed0__sample_steps={s},sampler={k}" for s in (2, 4) for k in ("ddpm", "ddim")]
-    flow = ["fl__seed0", "fl__seed0__temperature=0.7", "fl__seed0__temperature=1"]
-    assert sorted(recs) == sorted(["dm__seed0", *points, *flow])
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["dm__seed0.pt", "fl__seed0.pt"]  # once
+    gan = ["gan__seed0", "gan__seed0__truncation=0.5", "gan__seed0__truncation=1"]
+    assert sorted(recs) == sorted(["dm__seed0", *points, *gan])
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["dm__seed0.pt", "gan__seed0.pt"]  # once
     for cid in points:
         r = recs[cid]
         assert r.status == "ok" and r.options["sample_steps"] == r.sweep["sample_steps"]
@@ -75,10 +76,10 @@ def test_every_point_is_a_record_and_a_row_and_the_model_trains_once(tmp_path, w
     assert result.exit_code == 0
     html = (run_dir / "index.html").read_text()
     assert "dm[sample_steps=4,sampler=ddpm]" in html
-    # the report's sweep section: quality vs NFE, the Pareto table, the temperature traces
+    # the report's sweep section: quality vs NFE, the Pareto table, the truncation traces
     assert "Quality vs sampling cost" in html and "Pareto-optimal settings" in html
-    assert "Precision vs recall traced by temperature" in html
-    assert recs["fl__seed0__temperature=0.7"].options["temperature"] == 0.7
+    assert "Precision vs recall traced by truncation" in html
+    assert recs["gan__seed0__truncation=0.5"].options["truncation"] == 0.5
 
 
 def test_a_killed_sweep_resumes_at_the_next_point(tmp_path, write_suite):

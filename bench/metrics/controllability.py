@@ -59,8 +59,7 @@ class ControllabilityEvaluator(Evaluator):
         opts = self.options
         assert isinstance(opts, ControllabilityOptions)
         model, ds = ctx.model, ctx.dataset
-        conditional = model.conditional_capable and bool(getattr(model.options, "conditional", False))
-        if not conditional:
+        if not model.is_conditional:
             return [unavailable("controllability", "the model is not conditional (conditional: false or a family "
                                 "that cannot be)")]
         if ds.kind == "points" and ds.mixture is None:

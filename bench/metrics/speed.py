@@ -7,8 +7,7 @@ import time
 import torch
 from pydantic import Field
 
-from bench.families.base import GenerativeModel
-from bench.nfe import measure_nfe
+from bench.families.base import GenerativeModel, measure_nfe
 from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
 from bench.results import Metric, MetricSpec, metric, unavailable
 
@@ -93,7 +92,8 @@ class NFEOptions(EvaluatorOptions):
 
 
 class NFEEvaluator(Evaluator):
-    """Network evaluations per sample, counted by forward hooks (``bench.nfe``); every sweep point runs it."""
+    """Network evaluations per sample, counted by forward hooks (``bench.families.base.measure_nfe``); every sweep
+    point runs it."""
 
     name = "nfe"
     Options = NFEOptions
