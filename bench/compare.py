@@ -215,10 +215,11 @@ class ModelRun:
 
 
 def _group(records: list[CellRecord]) -> dict[str, ModelRun]:
-    """Group records by model; only ``ok`` cells contribute values (diverged/failed = missing)."""
+    """Group records by row (a model, or one point of its sweep: ``diffusion[sample_steps=5]``); only ``ok`` cells
+    contribute values (diverged/failed = missing)."""
     models: dict[str, ModelRun] = {}
     for rec in records:
-        mr = models.setdefault(rec.model, ModelRun())
+        mr = models.setdefault(rec.row, ModelRun())
         if not mr.setup:
             mr.setup = {"family": rec.family, "options": rec.options, "budget": rec.budget}
         mr.cells += 1

@@ -26,6 +26,7 @@ from bench.errors import BenchError
 from bench.compare import CompareOptions
 from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
 from bench.space import ModelTuning, TuningConfig, space_problem
+from bench.sweep import sweep_problem
 
 
 class _Strict(BaseModel):
@@ -110,6 +111,8 @@ class ModelConfig(_Strict):
     checkpoint: str | None = None  # load this checkpoint instead of training (path relative to the suite file)
     debug: DebugConfig = DebugConfig()  # fault injection for tests
     tune: ModelTuning | None = None  # `bench tune`: this model's changes to its family's search space
+    sweep: dict[str, list[Any]] | None = None  # sampling options to evaluate the trained model at, without
+    # retraining: {sample_steps: [5, 25], sampler: [ddpm, ddim]} evaluates every point of the product grid
 
 
 class RayOptions(_Strict):
@@ -469,6 +472,10 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         problem = space_problem(cls, m.options, m.tune)
         if problem:
             fail(("models", i, "tune", "space", problem[0]), problem[1])
+        if m.sweep is not None:
+            problem = sweep_problem(cls, m.options, m.sweep)
+            if problem:
+                fail(("models", i, "sweep", *problem[0]), problem[1])
 
 
 def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Callable[[tuple, str], None]) -> None:

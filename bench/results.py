@@ -112,10 +112,18 @@ class CellRecord:
     error: str = ""  # one line when status != "ok"
     artifacts: dict[str, str] = field(default_factory=dict)  # relative paths: samples, checkpoint, log
     curves: dict[str, Any] = field(default_factory=dict)  # small time series (quality over training, ...)
+    sweep: dict[str, Any] = field(default_factory=dict)  # a sweep point: the sampling options this record was
+    # evaluated at (the model trained once with ``options``); {} for the cell itself
 
     @property
     def cell_id(self) -> str:
-        return cell_id(self.model, self.seed)
+        return cell_id(self.model, self.seed, self.sweep)
+
+    @property
+    def row(self) -> str:
+        """What the report and ``bench compare`` call this record's row: the model, and its sweep point if any
+        (``diffusion[sample_steps=5,sampler=ddim]``); each point of a sweep is a row of its own."""
+        return f"{self.model}[{point_label(self.sweep)}]" if self.sweep else self.model
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,5 +143,11 @@ class CellRecord:
         return None
 
 
-def cell_id(model: str, seed: int) -> str:
-    return f"{model}__seed{seed}"
+def point_label(point: dict[str, Any]) -> str:
+    """``sample_steps=5,sampler=ddim``: a sweep point in its keys' order (the suite's), file-name safe."""
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+
+
+def cell_id(model: str, seed: int, point: dict[str, Any] | None = None) -> str:
+    """``diffusion__seed0``; a sweep point of that cell: ``diffusion__seed0__sample_steps=5,sampler=ddim``."""
+    return f"{model}__seed{seed}" + (f"__{point_label(point)}" if point else "")

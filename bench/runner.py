@@ -37,6 +37,7 @@ from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
 from bench.results import CellRecord, cell_id
+from bench.sweep import grid, run_point
 from bench.engine import TrainSettings, bf16_supported
 from bench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
                       torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
@@ -335,6 +336,12 @@ class CellSpec:
     device: str  # "cpu" | "cuda" as the executor resolved it for the worker
     progress: bool = False  # per-cell progress bars (only where one cell runs at a time in the terminal)
     time_limit: float | None = None  # seconds; past it the cell is recorded as failed (--cell-time-limit)
+    point: dict[str, Any] | None = None  # a sweep point of the cell (bench.sweep): evaluate the trained cell there
+
+    @property
+    def id(self) -> str:
+        """The record this task writes: the cell's, or its sweep point's."""
+        return cell_id(self.cell.model.name, self.cell.seed, self.point)
 
 
 @dataclass
@@ -364,10 +371,14 @@ def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
         store, env = RunStore(out_dir), {"device": spec.device}
         try:
             with _time_limit(spec.time_limit):
-                rec = run_cell(spec.cell, spec.cfg, train_ds, ds, store, spec.run_dir.name,
-                               torch.device(spec.device), env, spec.suite_dir, spec.progress)
+                if spec.point is None:
+                    rec = run_cell(spec.cell, spec.cfg, train_ds, ds, store, spec.run_dir.name,
+                                   torch.device(spec.device), env, spec.suite_dir, spec.progress)
+                else:
+                    rec = _run_point(spec, train_ds, ds, store, env)
         except CellTimeLimit as e:
             rec = _new_record(spec.cell, spec.cfg, spec.run_dir.name, env)
+            rec.sweep = dict(spec.point or {})
             _record_failure(rec, store, e)
         files = {rel: (out_dir / rel).read_bytes() for rel in rec.artifacts.values()} if staged else {}
     finally:
@@ -375,6 +386,24 @@ def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
             shutil.rmtree(out_dir, ignore_errors=True)
     rec.environment.update(host=platform.node(), torch_threads=torch.get_num_threads())
     return CellOutcome(rec, files)
+
+
+def _run_point(spec: CellSpec, train_ds: Dataset, ds: Dataset, store: RunStore, env: dict[str, Any]) -> CellRecord:
+    """A sweep point (``bench.sweep.run_point``); its own failure is recorded as the point's, like a cell's."""
+    try:
+        return run_point(spec, train_ds, ds, store, env)
+    except BenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a family's sampler bug at this point: record it, go on
+        rec = _new_record(spec.cell, spec.cfg, spec.run_dir.name, env)
+        rec.sweep = dict(spec.point or {})
+        _record_failure(rec, store, e)
+        return rec
+
+
+def sweep_points(cells: list[Cell]) -> list[tuple[Cell, dict[str, Any]]]:
+    """Every (cell, sweep point) of the cells whose model has a ``sweep:``, cell by cell."""
+    return [(c, p) for c in cells for p in (grid(c.model.sweep) if c.model.sweep else [])]
 
 
 def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.device) -> Shared:
@@ -399,7 +428,7 @@ def _lost_cell(cfg: SuiteConfig, spec: CellSpec, run_id: str, failure: TaskFailu
     """The record of a cell whose task died (out of memory, worker killed): failed, with the reason."""
     m = spec.cell.model
     return CellRecord(cfg.name, run_id, m.name, m.family, spec.cell.seed, "failed", spec.cell.budget.as_dict(), {}, [],
-                      environment={"device": spec.device}, error=failure.message)
+                      environment={"device": spec.device}, error=failure.message, sweep=dict(spec.point or {}))
 
 
 def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, device: torch.device,
@@ -414,6 +443,9 @@ def describe_plan(cfg: SuiteConfig, cells: list[Cell], run_dir: Path | str, devi
         how = "".join(f", {v}" for v in (c.train.precision, c.train.compile and "compiled") if v and v != "fp32")
         src = f"load {c.model.checkpoint}" if c.model.checkpoint else f"train {b}{extra}, batch {c.batch_size}{how}"
         lines.append(f"  {c.id:<32} {c.model.family:<14} {src}")
+        if c.model.sweep:
+            n = len(grid(c.model.sweep))
+            lines.append(f"    + {n} sweep points, no retraining: {' x '.join(f'{k} {v}' for k, v in c.model.sweep.items())}")
     return "\n".join(lines)
 
 
@@ -505,34 +537,45 @@ def run_suite(
             print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)
         store.records()  # a record that fails its checks stops a resume before anything runs
         todo = [c for c in cells if not store.has_record(c.id) or (resume and _failed(store, c.id))]
+        points = sweep_points(cells)  # evaluated after their cells, one task and one record each
+        todo_points = [(c, p) for c, p in points
+                       if not store.has_record(cell_id(c.model.name, c.seed, p)) or (resume and _failed(store, cell_id(
+                           c.model.name, c.seed, p))) or c in todo]
+        total = len(cells) + len(points)
         if resume and not quiet:
-            print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished", flush=True)
+            print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already finished"
+                  + (f", {len(points) - len(todo_points)} of {len(points)} sweep points" if points else ""), flush=True)
         t_start = time.perf_counter()
         pool: Executor = make_executor(executor, suite_threads=cfg.threads, device=cfg.device,
                                        resolved_device=device.type, quiet=quiet)
         specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), pool.device,
                           progress=not quiet and pool.slots == 1, time_limit=cell_time_limit) for c in todo]
-        finished = len(cells) - len(todo)
+        point_specs = [CellSpec(cfg, c, run_dir.resolve(), suite_path.parent.resolve(), pool.device,
+                                time_limit=cell_time_limit, point=p) for c, p in todo_points]
+        finished = total - len(todo) - len(todo_points)
 
         def finish(spec: CellSpec, out: CellOutcome | TaskFailure) -> None:
             """In the driver, as each cell ends: its artefacts, then its record (atomic), then tracking."""
             rec = out.record if isinstance(out, CellOutcome) else _lost_cell(cfg, spec, run_id, out)
             for rel, data in (out.files if isinstance(out, CellOutcome) else {}).items():
                 atomic_write_bytes(run_dir / rel, data)
-            fault_point(f"record:{spec.cell.id}")
+            fault_point(f"record:{spec.id}")
             store.write_record(rec)
             if on_record is not None:
                 on_record(run_dir, rec)
             nonlocal finished
             finished += 1
             if not quiet:
-                print(f"[{finished}/{len(cells)}] {spec.cell.id}: {rec.status}"
+                print(f"[{finished}/{total}] {spec.id}: {rec.status}"
                       f"{' (' + rec.error + ')' if rec.error else ''} at {time.perf_counter() - t_start:.1f}s; "
                       f"{_headline(rec)}", flush=True)
 
         with executing(pool, run_dir, "cells", quiet):
-            pool.run_all(execute_cell, specs, finish, shared_data(cfg, train_ds, ds, device) if todo else None,
-                         label=lambda spec: f"cell {spec.cell.id}")
+            shared = shared_data(cfg, train_ds, ds, device) if todo or point_specs else None
+            pool.run_all(execute_cell, specs, finish, shared, label=lambda spec: f"cell {spec.cell.id}")
+            # 3b. sweep points: their cells are all recorded (and checkpointed) now, so points may run anywhere
+            if point_specs:
+                pool.run_all(execute_cell, point_specs, finish, shared, label=lambda spec: f"sweep point {spec.id}")
         if not quiet:
             print(f"all cells done in {time.perf_counter() - t_start:.1f}s", flush=True)
 

@@ -7,6 +7,7 @@ import yaml
 
 from bench.metrics import metric_specs
 from bench.store import RunStore
+from bench.sweep import grid
 from conftest import ROOT, run_cli
 
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -29,7 +30,9 @@ def test_smoke_suite_is_bit_identical_across_runs(tmp_path):
     b = run_cli("run", str(SMOKE), "--quiet", "--seeds", "0", "--out", str(tmp_path / "b"))
     assert b.returncode == 0, b.stderr
     ma, mb = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
-    assert ma.keys() == mb.keys() and len(ma) == len(yaml.safe_load(SMOKE.read_text())["models"])
+    models = yaml.safe_load(SMOKE.read_text())["models"]
+    assert ma.keys() == mb.keys() and len(ma) == sum(1 + (len(grid(m["sweep"])) if m.get("sweep") else 0)
+                                                        for m in models)  # cells + sweep points
     for cell in ma:
         assert ma[cell] == mb[cell], cell  # exact equality: same seed, same machine, same bits
 

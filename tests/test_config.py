@@ -35,8 +35,8 @@ BAD = [
      "s.yaml:2: dataset.pattern: Input should be 'ring8' or 'grid25'"),
     (HEAD + "eval:\n  n_sample: 3\n" + MODEL, "s.yaml:5: eval.n_sample: unknown key; accepted keys: metrics, n_samples"),
     (HEAD + "eval:\n  metrics: [fid]\n" + MODEL,
-     "s.yaml:5: eval.metrics[0]: unknown evaluator 'fid'; choose one of: classification, cost, likelihood, "
-     "memorization, ood, quality, speed, stability"),
+     "s.yaml:5: eval.metrics[0]: unknown evaluator 'fid'; choose one of: classification, controllability, cost, "
+     "likelihood, memorization, nfe, ood, quality, speed, stability"),
     (HEAD + "eval:\n  metrics: [quality]\n  qualty: {n_reference: 5}\n" + MODEL,
      "s.yaml:6: eval.qualty: unknown key; accepted keys: metrics, n_samples"),
     (HEAD + "eval:\n  quality:\n    n_reference: 5\n    featur_spaces: [domain]\n" + MODEL,

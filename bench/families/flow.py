@@ -254,6 +254,7 @@ class Flow(GenerativeModel):
     }
     likelihood_kind = "exact"
     watched_loss = "nll"
+    sampling_options = frozenset({"temperature"})  # z ~ N(0, T^2 I) at sampling only: a sweep may change it
     # Glow's recipe: a short linear learning-rate warm-up, and a loose clip on the gradient's global norm
     train_defaults = TrainSettings(grad_clip=100.0, warmup_steps=10)
 

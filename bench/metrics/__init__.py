@@ -19,9 +19,10 @@ from bench.metrics.base import (
 
 from bench.metrics import quality  # noqa: F401,E402  (registers "quality")
 from bench.metrics import likelihood  # noqa: F401,E402  (registers "likelihood")
-from bench.metrics import speed  # noqa: F401,E402  (registers "speed")
+from bench.metrics import speed  # noqa: F401,E402  (registers "speed" and "nfe")
 from bench.metrics import cost  # noqa: F401,E402  (registers "cost", run for every cell)
 from bench.metrics import stability  # noqa: F401,E402  (registers "stability")
 from bench.metrics import analysis  # noqa: F401,E402  (registers "classification", "memorization", "ood": issue 9)
+from bench.metrics import controllability  # noqa: F401,E402  (registers "controllability")
 
 __all__ = ["EVALUATORS", "EvalContext", "Evaluator", "EvaluatorOptions", "metric_specs", "register_evaluator"]

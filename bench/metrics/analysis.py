@@ -42,7 +42,7 @@ from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, registe
 from bench.metrics.likelihood import ESTIMATORS
 from bench.results import Metric, MetricSpec, metric, unavailable
 
-STREAM_CLASSIFY, STREAM_MEMORIZATION, STREAM_OOD = 4, 5, 6
+STREAM_CLASSIFY, STREAM_MEMORIZATION, STREAM_OOD = 4, 7, 8  # 5, 6: counted NFE, controllability
 
 # ---------------------------------------------------------------------------------------------
 # classification

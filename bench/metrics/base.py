@@ -77,8 +77,8 @@ SnapshotFn = Callable[["GenerativeModel", int], dict[str, float]]  # (model, ste
 
 def eval_generator(device: torch.device, seed: int, stream: int) -> torch.Generator:
     """A generator per (cell seed, purpose), so evaluators do not depend on each other's draws.
-    Streams in use: 1 evaluation samples, 2 likelihood, 3 speed, 4-6 classification, memorization, ood;
-    a new evaluator takes a new number."""
+    Streams in use: 1 evaluation samples, 2 likelihood, 3 speed, 4 classification, 5 counted NFE,
+    6 controllability, 7 memorization, 8 ood; a new evaluator takes a new number."""
     return torch.Generator(device=device).manual_seed(1_000_003 * stream + seed)
 
 

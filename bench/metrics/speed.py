@@ -7,9 +7,9 @@ import time
 import torch
 from pydantic import Field
 
-from bench.families.base import GenerativeModel
+from bench.families.base import GenerativeModel, measure_nfe
 from bench.metrics.base import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
-from bench.results import Metric, MetricSpec, metric
+from bench.results import Metric, MetricSpec, metric, unavailable
 
 
 class SpeedOptions(EvaluatorOptions):
@@ -83,3 +83,35 @@ class SpeedEvaluator(Evaluator):
 
 
 register_evaluator("speed", SpeedEvaluator)
+
+
+class NFEOptions(EvaluatorOptions):
+    """The counted NFE (the suite's ``eval.nfe``): one ``sample(n_samples)`` with forward hooks on the networks."""
+
+    n_samples: int = Field(16, gt=0)  # samples of the counted call (the count per sample does not depend on it)
+
+
+class NFEEvaluator(Evaluator):
+    """Network evaluations per sample, counted by forward hooks (``bench.families.base.measure_nfe``); every sweep
+    point runs it."""
+
+    name = "nfe"
+    Options = NFEOptions
+    needs = frozenset({"model"})
+    metrics = (
+        MetricSpec("nfe_measured", "NFE", False, role="speed",
+                   description="network evaluations per sample, counted by forward hooks on the model's networks "
+                               "during sampling (rows through a network / samples drawn)"),
+    )
+
+    def evaluate(self, ctx: EvalContext) -> list[Metric]:
+        opts = self.options
+        assert isinstance(opts, NFEOptions)
+        nfe = measure_nfe(ctx.model, opts.n_samples, ctx.generator(5))
+        if nfe is None:
+            return [unavailable("nfe_measured", "no counted network runs in this family's sampler; see "
+                                "nfe_per_sample (declared)")]
+        return [metric("nfe_measured", nfe, n_samples=opts.n_samples, declared=ctx.model.nfe_per_sample)]
+
+
+register_evaluator("nfe", NFEEvaluator)

@@ -17,8 +17,11 @@ def suite_order(records: list, config: dict) -> list:
     Models the config does not name (a hand-edited run) come last, by name.
     """
     from bench.config import Budget
+    from bench.sweep import grid
 
     names = [m.get("name") for m in config.get("models") or [] if isinstance(m, dict)]
+    sweeps = {m.get("name"): grid(m["sweep"]) for m in config.get("models") or [] if isinstance(m, dict)
+              and isinstance(m.get("sweep"), dict) and m["sweep"]}
     try:
         labels = [Budget(**b).label for b in config.get("budgets") or []]
     except Exception:  # noqa: BLE001 - a config we cannot read only costs the ordering
@@ -26,8 +29,9 @@ def suite_order(records: list, config: dict) -> list:
 
     def key(r) -> tuple:
         base, _, label = r.model.partition("@")
+        points = sweeps.get(base, [])
         return (names.index(base) if base in names else len(names), labels.index(label) if label in labels else -1,
-                r.model, r.seed)
+                r.model, points.index(r.sweep) + 1 if r.sweep in points else 0, r.row, r.seed)
 
     return sorted(records, key=key)
 
@@ -49,11 +53,17 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     out = {"json": run_dir / "results.json", "csv": run_dir / "results.csv", "html": run_dir / "index.html"}
     atomic_write_json(out["json"], {**meta, "records": [r.to_dict() for r in records]})
     atomic_write_text(out["csv"], tables.tidy(records).to_csv(index=False))
-    real = None
+    real = log_density = None
     if config.get("dataset", {}).get("name") == "toy2d":
+        import torch
+
         from bench.data import load_dataset
 
         ds_cfg = dict(config["dataset"])
-        real = load_dataset(ds_cfg.pop("name"), ds_cfg).test_x.numpy()
-    atomic_write_text(out["html"], html.render(run_dir, meta, records, real))
+        ds = load_dataset(ds_cfg.pop("name"), ds_cfg)
+        real = ds.test_x.numpy()
+        if ds.mixture is not None:
+            mixture = ds.mixture
+            log_density = lambda pts: mixture.log_prob(torch.from_numpy(pts).float()).numpy()  # noqa: E731
+    atomic_write_text(out["html"], html.render(run_dir, meta, records, real, log_density))
     return out

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,12 +38,27 @@ def image_grid(samples: np.ndarray, n: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def points_scatter(samples: np.ndarray, real: np.ndarray | None = None, n: int = 2000) -> bytes:
-    """2-D samples (orange) over real data (grey)."""
-    fig, ax = plt.subplots(figsize=(3, 3))
-    if real is not None:
-        ax.scatter(real[:n, 0], real[:n, 1], s=2, c="0.7", label="data")
-    ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", label="samples")
+def points_scatter(samples: np.ndarray, real: np.ndarray | None = None, n: int = 2000,
+                   log_density: Callable[[np.ndarray], np.ndarray] | None = None) -> bytes:
+    """2-D samples (orange) over the true density (grey shading, ``log_density``: (M, 2) -> (M,) nats) where it is
+    known, else over real data (grey points)."""
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    if log_density is not None and real is not None:
+        lo, hi = real.min(axis=0), real.max(axis=0)
+        pad = 0.15 * (hi - lo)
+        gx, gy = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 300),
+                             np.linspace(lo[1] - pad[1], hi[1] + pad[1], 300))
+        p = np.exp(log_density(np.stack([gx.ravel(), gy.ravel()], 1))).reshape(gx.shape)  # (300, 300)
+        # square root: thin modes stay visible next to the empty space between them
+        ax.imshow(np.sqrt(p), origin="lower", cmap="Greys", extent=(gx[0, 0], gx[0, -1], gy[0, 0], gy[-1, 0]),
+                  aspect="auto", alpha=0.6)
+        ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", alpha=0.5, label="samples")
+        # drawn over the samples: where the true density is 1% of its peak (a Gaussian mode's 3-std ring)
+        ax.contour(gx, gy, p, levels=[0.011 * p.max()], colors="k", linewidths=0.7)
+    else:
+        if real is not None:
+            ax.scatter(real[:n, 0], real[:n, 1], s=2, c="0.7", label="data")
+        ax.scatter(samples[:n, 0], samples[:n, 1], s=2, c="tab:orange", label="samples")
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -79,9 +96,45 @@ def curves(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylab
         ax.set_yscale("symlog")
     if x_log:
         ax.set_xscale("log")
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(series))
+
+
+def _labelled(fig, ax, xlabel: str, ylabel: str, legend: bool) -> bytes:
+    """Axis labels, a light grid and the legend (where there are named lines), then the PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=7, loc="best")
     return _png(fig)
+
+
+def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list[tuple[str, float, float]],
+                front: list[tuple[float, float]], xlabel: str, ylabel: str) -> bytes:
+    """Quality against sampling cost (log x): a line per swept sampler, a labelled marker per one-shot model, and
+    the Pareto frontier of all of them as a dashed staircase."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", ms=4, label=name)
+    for name, x, y in markers:
+        ax.scatter([x], [y], marker="D", s=36, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if len(front) > 1:
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", ls="--", c="0.3", lw=1, label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1 2 5 10 20 50
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 5, not 5x10^0
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(lines) or len(front) > 1)
+
+
+def traces(series: dict[str, tuple[list[float], list[float], list[str]]], xlabel: str, ylabel: str) -> bytes:
+    """Paths traced by a knob (precision vs recall as guidance grows): a line per model, each point labelled with
+    its knob value."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, (xs, ys, labels) in series.items():
+        ax.plot(xs, ys, marker="o", ms=4, label=name)
+        for x, y, text in zip(xs, ys, labels):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    return _labelled(fig, ax, xlabel, ylabel, legend=bool(series))

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 
 from bench.metrics import EVALUATORS  # noqa: F401  (registers the built-in evaluators: the tables read their metadata)
-from bench.results import METRICS, CellRecord
+from bench.results import METRICS, CellRecord, point_label
 
-TIDY_COLUMNS = ["suite", "run_id", "model", "family", "seed", "status", "metric", "value", "unit", "kind",
+TIDY_COLUMNS = ["suite", "run_id", "model", "sweep", "family", "seed", "status", "metric", "value", "unit", "kind",
                 "higher_is_better", "group", "params", "note"]
 
 
 def tidy(records: list[CellRecord]) -> pd.DataFrame:
-    """One row per model x seed x metric (also spent budget, as metrics named ``spent_*``)."""
+    """One row per model x seed x metric (also spent budget, as metrics named ``spent_*``). ``model`` is the
+    record's row: a sweep point is a model of its own (``diffusion[sample_steps=5]``), ``sweep`` its point."""
     rows = []
     for r in records:
-        base = {"suite": r.suite, "run_id": r.run_id, "model": r.model, "family": r.family, "seed": r.seed,
+        base = {"suite": r.suite, "run_id": r.run_id, "model": r.row, "sweep": point_label(r.sweep), "family": r.family, "seed": r.seed,
                 "status": r.status}
         for m in r.metrics:
             group = METRICS.get(m.name).group if m.name in METRICS else ""
@@ -52,9 +54,9 @@ def unavailable(records: list[CellRecord]) -> dict[tuple[str, str], str]:
             continue
         for m in r.metrics:
             if m.value is not None and math.isfinite(m.value):
-                valued.add((r.model, m.name))
+                valued.add((r.row, m.name))
             elif m.note:
-                notes.setdefault((r.model, m.name), m.note)
+                notes.setdefault((r.row, m.name), m.note)
     return {k: v for k, v in notes.items() if k not in valued}
 
 
@@ -63,7 +65,7 @@ def status_table(records: list[CellRecord]) -> pd.DataFrame:
     rows = []
     by: dict[str, list[CellRecord]] = {}
     for r in records:
-        by.setdefault(r.model, []).append(r)
+        by.setdefault(r.row, []).append(r)
     for model, rs in by.items():
         spent = [r.spent for r in rs if r.spent]
         mean = lambda k: (sum(s.get(k, 0) or 0 for s in spent) / len(spent)) if spent else math.nan  # noqa: E731
@@ -80,10 +82,12 @@ def status_table(records: list[CellRecord]) -> pd.DataFrame:
 
 
 def wide(records: list[CellRecord], metric_names: list[str]) -> pd.DataFrame:
-    """Per model: 'mean ± std' strings for the given metrics (the report's main table); 'n/a: <reason>'
-    for a metric the model has no value for, when its records say why."""
+    """Per model: 'mean ± std' strings for the given metrics (the report's main table), every value of a
+    column in the column's one format (``column_format``); 'n/a: <reason>' for a metric the model has no
+    value for, when its records say why."""
     s = summary(records)
     na = unavailable(records)
+    formats = {name: column_format(s[s.metric == name]["mean"]) for name in metric_names}
     out = {}
     for (model, family), grp in s.groupby(["model", "family"], sort=False):
         row = {"family": family}
@@ -93,21 +97,56 @@ def wide(records: list[CellRecord], metric_names: list[str]) -> pd.DataFrame:
                 row[name] = f"n/a: {na[(model, name)]}" if (model, name) in na else ""
                 continue
             mean, std, n = hit.iloc[0][["mean", "std", "n"]]
-            row[name] = fmt(mean) + (f" ± {fmt(std)}" if n > 1 and not math.isnan(std) else "")
+            row[name] = mean_pm_std(mean, std, n, formats[name])
         out[model] = row
     return pd.DataFrame.from_dict(out, orient="index")
 
 
+def mean_pm_std(mean: float, std: float, n: int, f: Callable[[float], str]) -> str:
+    """``0.877 ± 0.002`` with the column's format for both; the spread only where there are 2+ seeds."""
+    return f(mean) + (f" ± {f(std)}" if n > 1 and not math.isnan(std) else "")
+
+
+def column_format(values: Iterable[float]) -> Callable[[float], str]:
+    """One number format for a whole column, so its values line up and compare at a glance.
+
+    Integers stay integers (``1,500``). Otherwise fixed decimals that give the column's smallest
+    magnitude 3 significant digits (``12.30``, ``145.20``, ``3.40``); where magnitudes span more
+    than 10^4, or the smallest is below 10^-3, or the largest reaches 10^6, the whole column is in
+    scientific notation with 3 significant digits (``8.77e-01``, ``6.67e-05``), never a mix.
+    """
+    finite = [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+    mags = [abs(v) for v in finite if v != 0]
+    if not mags:
+        return fmt_fixed(0)
+    if all(v == round(v) for v in finite) and max(mags) < 1e9:
+        return fmt_fixed(0)
+    small, big = min(mags), max(mags)
+    if small < 1e-3 or big >= 1e6 or big / small > 1e4:
+        return lambda v: "" if _blank(v) else f"{v:.2e}"
+    return fmt_fixed(min(6, max(0, 2 - math.floor(math.log10(small)))))
+
+
+def fmt_fixed(decimals: int) -> Callable[[float], str]:
+    return lambda v: "" if _blank(v) else f"{v:,.{decimals}f}"
+
+
+def _blank(v: float | None) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 0.01:
-        return f"{v:.3f}"
-    return f"{v:.2e}"
+    """A lone number (not part of a column): 3 significant digits, thousands separated."""
+    return column_format([v])(v)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates to be minimised (cost, loss): a point is
+    dominated when another is at least as good in both and better in one. Sorted by the first coordinate."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
