@@ -188,9 +188,13 @@ def load_checkpoint(path: Path, m: ModelConfig, spec: DataSpec, device: torch.de
     if ck["family"] != m.family:
         raise BenchError(f"{path}: checkpoint is family {ck['family']!r}, the suite says {m.family!r}")
     cls = FAMILIES.get(m.family).cls
-    if m.options and cls.Options(**m.options).model_dump() != ck["options"]:
+    # compare what the suite says, as validated: a family may resolve an unset option when it builds (the GAN's
+    # width), so the checkpoint's other options can differ from the schema's defaults
+    said = cls.Options(**m.options).model_dump(include=set(m.options))
+    differ = sorted(k for k, v in said.items() if ck["options"].get(k) != v)
+    if differ:
         raise BenchError(f"{path}: checkpoint does not match the model: it was trained with options {ck['options']}, "
-                         f"the suite says {m.options}; drop options: or make them match")
+                         f"the suite says {m.options} (differs in {', '.join(differ)}); drop options: or make them match")
     if tuple(ck["spec"]["shape"]) != tuple(spec.shape) or ck["spec"]["num_classes"] != spec.num_classes:
         raise BenchError(f"{path}: checkpoint does not match the model: trained on data of shape {ck['spec']['shape']}, "
                          f"this suite's dataset has shape {list(spec.shape)}")

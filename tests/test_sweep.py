@@ -176,3 +176,22 @@ def test_controllability_of_an_unconditional_model_is_unavailable_with_the_reaso
     model = _ModeOracle(spec, _ModeOracle.Options(conditional=False), ds.mixture.means)
     (m,) = ControllabilityEvaluator().evaluate(EvalContext(model, ds, EvalConfig(n_samples=100), torch.device("cpu"), 0))
     assert m.value is None and "not conditional" in m.note
+
+
+def test_a_checkpoint_loads_for_the_options_the_suite_gives(tmp_path):
+    """A family may resolve an unset option when it builds (the GAN's width): the checkpoint then holds the
+    resolved value, and the suite's own options, not the schema's defaults, are what must match."""
+    from bench.config import ModelConfig
+    from bench.data import load_dataset
+    from bench.errors import BenchError
+    from bench.runner import build_model, data_spec, load_checkpoint, save_checkpoint
+
+    spec = data_spec(load_dataset("digits"))
+    m = ModelConfig(name="gan", family="gan", options={"loss": "nonsaturating"})
+    model = build_model(m, spec, 0, torch.device("cpu"))
+    save_checkpoint(tmp_path / "g.pt", model, m, spec, {})
+    loaded = load_checkpoint(tmp_path / "g.pt", m, spec, torch.device("cpu"))
+    assert loaded.options.model_dump() == model.options.model_dump()
+    other = ModelConfig(name="gan", family="gan", options={"loss": "hinge"})
+    with pytest.raises(BenchError, match=r"differs in loss"):
+        load_checkpoint(tmp_path / "g.pt", other, spec, torch.device("cpu"))
