@@ -418,13 +418,12 @@ def shared_data(cfg: SuiteConfig, train_ds: Dataset, ds: Dataset, device: torch.
     exactly as the cells will ask for them; the files that took are then shipped with the data.
     """
     from bench.metrics.fidelity import cache_files_in_use
-    from bench.metrics.quality import evaluate_quality, quick_quality
+    from bench.metrics.quality import evaluate_quality
 
-    probe = ds.test_x[:256]
     if "quality" in cfg.eval.metrics:
-        evaluate_quality(probe, ds, cfg.eval.options("quality"), device)
-    if "stability" in cfg.eval.metrics and cfg.eval.snapshot_every and (ds.kind == "points" or ds.has_labels):
-        quick_quality(probe, ds, device)  # the snapshots' reference (QualityOptions defaults)
+        evaluate_quality(ds.test_x[:256], ds, cfg.eval.options("quality"), device)
+    if cfg.eval.snapshot_every:  # the evaluators' training probes warm their own references when built
+        snapshot_fn(cfg.eval.evaluators(), EvalContext(None, ds, cfg.eval, device, 0))  # type: ignore[arg-type]
     return Shared((train_ds, ds), cache_files_in_use())
 
 
