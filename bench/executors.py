@@ -27,7 +27,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -370,6 +372,20 @@ def make_executor(cfg: ExecutorConfig, *, suite_threads: int | None, device: Lit
         raise BenchError(f"executor.ray.num_cpus ({r.num_cpus:g}) differs from threads ({suite_threads}): a Ray cell runs "
                          f"torch on num_cpus threads; drop one of them or make them equal")
     return RayExecutor(r.address, r.num_cpus or suite_threads or 1, r.num_gpus, device, quiet)
+
+
+@contextmanager
+def output_dir(run_dir: Path, marker: str, prefix: str) -> Iterator[tuple[Path, bool]]:
+    """Where a task writes its artefacts: the run directory when this node sees it (``marker`` is there),
+    else a scratch directory, removed afterwards. Yields (directory, staged)."""
+    if (run_dir / marker).is_file():
+        yield run_dir, False
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield scratch, True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextmanager

@@ -12,11 +12,9 @@ import gc
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -32,7 +30,7 @@ from pydantic import ValidationError
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.executors import Executor, Shared, TaskFailure, check_executor, executing, make_executor
+from bench.executors import Executor, Shared, TaskFailure, check_executor, executing, make_executor, output_dir
 from bench.families import FAMILIES, DataSpec, GenerativeModel
 from bench.evaluate import run_model_evaluators, run_training_evaluators, snapshot_fn
 from bench.metrics.base import EvalContext, axis
@@ -369,9 +367,7 @@ def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
     if spec.cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    staged = not (spec.run_dir / "suite.yaml").is_file()
-    out_dir = Path(tempfile.mkdtemp(prefix="bench-cell-")) if staged else spec.run_dir
-    try:
+    with output_dir(spec.run_dir, "suite.yaml", "bench-cell-") as (out_dir, staged):
         store, env = RunStore(out_dir), {"device": spec.device}
         try:
             with _time_limit(spec.time_limit):
@@ -385,9 +381,6 @@ def execute_cell(spec: CellSpec, data: tuple[Dataset, Dataset]) -> CellOutcome:
             rec.sweep = dict(spec.point or {})
             _record_failure(rec, store, e)
         files = {rel: (out_dir / rel).read_bytes() for rel in rec.artifacts.values()} if staged else {}
-    finally:
-        if staged:
-            shutil.rmtree(out_dir, ignore_errors=True)
     rec.environment.update(host=platform.node(), torch_threads=torch.get_num_threads())
     return CellOutcome(rec, files)
 

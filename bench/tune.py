@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -53,7 +51,7 @@ from bench.metrics import EVALUATORS  # importing it registers every metric: obj
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite
 from bench.data import Dataset, ValidationOptions, load_dataset, validation_split
 from bench.errors import BenchError
-from bench.executors import TaskFailure, check_executor, executing, make_executor
+from bench.executors import TaskFailure, check_executor, executing, make_executor, output_dir
 from bench.families import FAMILIES
 from bench.io import atomic_write_json, atomic_write_text
 from bench.results import METRICS, CellRecord
@@ -431,17 +429,12 @@ def execute_trial(spec: TrialSpec, data: tuple[Dataset, Dataset]) -> Trial:
     import bench.metrics  # noqa: F401  (registers every metric name: a fresh worker process has none)
 
     fit, evaluation = data
-    staged = not (spec.run_dir / "plan.json").is_file()
-    out_dir = Path(tempfile.mkdtemp(prefix="bench-trial-")) if staged else spec.run_dir
     none = torch.empty(0, dtype=torch.long)
-    ctx = TrialContext(spec.cfg, ValidationSplit(fit, evaluation, none, none), RunStore(out_dir),
-                       torch.device(spec.device), {"device": spec.device}, spec.suite_dir, spec.objective, spec.seed,
-                       spec.progress)
-    try:
+    with output_dir(spec.run_dir, "plan.json", "bench-trial-") as (out_dir, _):
+        ctx = TrialContext(spec.cfg, ValidationSplit(fit, evaluation, none, none), RunStore(out_dir),
+                           torch.device(spec.device), {"device": spec.device}, spec.suite_dir, spec.objective,
+                           spec.seed, spec.progress)
         return run_trial(spec.plan, spec.number, spec.params, spec.source, ctx)
-    finally:
-        if staged:
-            shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _lost_trial(spec: TrialSpec, failure: TaskFailure) -> Trial:
