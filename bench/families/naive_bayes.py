@@ -91,7 +91,12 @@ class NaiveBayes(GenerativeModel):
         else:
             self.s1 += onehot.T @ v
             self.s2 += onehot.T @ v.square()
-        return {"nll": -self._log_prob_values(v).mean().float()}
+        # The logged loss is the exact NLL of the first LOGGED_ROWS images of the batch under the
+        # statistics so far: the same curve for the stability evaluator at an eighth of the cost of the
+        # whole batch (the Gaussian bin probabilities cost B x K x D double-precision ndtr calls).
+        return {"nll": -self._log_prob_values(v[: self.LOGGED_ROWS]).mean().float()}
+
+    LOGGED_ROWS = 16
 
     # ------------------------------------------------------------------ the model
     def _log_prior(self) -> torch.Tensor:
@@ -107,9 +112,9 @@ class NaiveBayes(GenerativeModel):
         """Exact log p(v) in nats, marginalising the class: (B, D) -> (B,)."""
         if self.options.pixel_model == "categorical":
             a = self.options.alpha
-            logp = torch.log((self.hist + a) / (self.count[:, None, None] + 256 * a))  # (K, D, 256)
             idx = v.long().T.unsqueeze(0).expand(self.spec.num_classes, -1, -1)  # (K, D, B)
-            per_class = logp.gather(2, idx).sum(1).T  # (B, K)
+            counts = self.hist.gather(2, idx)  # (K, D, B): only the bins the batch uses, not all 256
+            per_class = torch.log((counts + a) / (self.count[:, None, None] + 256 * a)).sum(1).T  # (B, K)
         else:
             mu, std = self._gaussian_params()
             if self.spec.kind == "image":
