@@ -118,15 +118,38 @@ def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list
         ax.plot(xs, ys, marker="o", ms=4, label=name)
     for name, x, y in markers:
         ax.scatter([x], [y], marker="D", s=36, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if len(front) > 1:
         fx, fy = zip(*front)
         ax.step(fx, fy, where="post", ls="--", c="0.3", lw=1, label="Pareto frontier")
     ax.set_xscale("log")
+    _spread_labels(ax, markers)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1 2 5 10 20 50
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 5, not 5x10^0
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return _labelled(fig, ax, xlabel, ylabel, legend=bool(lines) or len(front) > 1)
+
+
+def _spread_labels(ax, items: list[tuple[str, float, float]], gap_pt: float = 10.0) -> None:
+    """Label markers so that labels of markers at one x (every one-shot family sits at NFE 1) do not overlap: per
+    x, labels are stacked at least ``gap_pt`` points apart in the order of their markers' heights, and a label
+    moved off its marker gets a thin leader line."""
+    ax.figure.canvas.draw()  # fix the limits, so data-to-points conversions hold
+    to_pt = 72.0 / ax.figure.dpi
+    by_x: dict[float, list[tuple[str, float, float]]] = {}
+    for name, x, y in items:
+        by_x.setdefault(x, []).append((name, x, y))
+    for group in by_x.values():
+        group.sort(key=lambda t: t[2])
+        heights = [ax.transData.transform((x, y))[1] * to_pt for _, x, y in group]
+        placed: list[float] = []
+        for h in heights:
+            placed.append(h if not placed else max(h, placed[-1] + gap_pt))
+        shift = (sum(heights) - sum(placed)) / len(placed)  # centre the stack on its markers
+        for (name, x, y), h, p in zip(group, heights, placed):
+            dy = p + shift - h
+            moved = abs(dy) > 2
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(7, dy - 3), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None)
 
 
 def traces(series: dict[str, tuple[list[float], list[float], list[str]]], xlabel: str, ylabel: str) -> bytes:
