@@ -19,7 +19,8 @@ import torch
 
 from bench.config import ExecutorConfig, RayOptions, load_suite, parse_suite
 from bench.errors import BenchError
-from bench.executors import LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, max_concurrent, note_executor
+from bench.executors import (LocalExecutor, Shared, TaskFailure, TaskTiming, make_executor, match_priority,
+                             max_concurrent, note_executor)
 from bench.io import sidecar
 from conftest import ROOT, TINY, run_cli
 from test_tune import TUNE_SUITE
@@ -54,6 +55,26 @@ def _double(x: int, shared: int) -> int:
     if x == 99:
         raise BenchError("bad suite")
     return 2 * x + shared
+
+
+def test_a_task_takes_the_drivers_priority_back_where_allowed(monkeypatch):
+    """Ray starts workers at nice 15; a task lowers it to the driver's where the OS allows, and runs on where not."""
+    state = {"nice": 15}
+    monkeypatch.setattr(os, "getpriority", lambda which, who: state["nice"])
+
+    def allowed(which, who, value):
+        state["nice"] = value
+
+    monkeypatch.setattr(os, "setpriority", allowed)
+    assert match_priority(0) == 0
+    state["nice"] = 15
+
+    def refused(which, who, value):
+        raise PermissionError("not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refused)
+    assert match_priority(0) == 15  # unprivileged: the task runs as it is
+    assert match_priority(19) == 15  # never raises its own nice value
 
 
 def test_local_executor_records_a_raising_task_and_goes_on():
