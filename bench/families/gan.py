@@ -28,6 +28,17 @@ retraining, so a sweep over tau traces a precision/recall curve.
 
 The harness's step is one G step with its ``d_steps`` D steps. The D steps of one harness
 step share the real batch and draw fresh noise each time (the trainer hands one batch per step).
+
+Outside reference at equal CPU time (issue 14): the DCGAN of eriklindernoren/PyTorch-GAN
+(``implementations/dcgan/dcgan.py`` at img_size 28: latent 100, BCE, Adam 2e-4 (0.5, 0.999), batch 64),
+re-implemented in ``scripts/references.py`` and trained for the main suite's 45 s on this 2-core machine
+(2 threads, idle): 250 steps, domain FID 570.8 +- 68.1, recall 0.04, 7.7 classes over 3 seeds (2,000
+samples vs the 10,000 test images). bench's GAN as ``suites/mnist.yaml`` ships it (tuned:
+non-saturating, lr_g 1.09e-3, lr_d 1.38e-4, z 39, width 16, minibatch std, batch 32;
+``docs/tuning/mnist-2026-12-01``): 3,641 steps, FID 160.4 +- 6.7, recall 0.65, all 10 classes, same
+protocol and machine (commit 45de26f). The reference's 128-channel 3x3 convolutions at full resolution
+train on about 7x fewer images per second (250 steps at batch 64 against 3,641 at batch 32), which at
+45 s decides the comparison.
 """
 from __future__ import annotations
 

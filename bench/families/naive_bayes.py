@@ -14,6 +14,11 @@ log-likelihood is the common protocol's without any dequantization):
 
 On 2-D points the Gaussian model is a class-conditional diagonal Gaussian (a
 continuous density, exact).
+
+Outside reference (issue 14): scikit-learn. Bayes-rule classification with these statistics equals
+``sklearn.naive_bayes.GaussianNB`` / ``CategoricalNB`` predictions on the same data (tests/test_analysis_classify.py),
+and the Gaussian bits/dim equals a closed form computed independently (tests/test_naive_bayes.py). The
+smoothing is tuned like every other option (``min_std`` 0.302, ``alpha`` 0.0103 in ``suites/mnist.yaml``).
 """
 from __future__ import annotations
 
