@@ -63,6 +63,15 @@ geometrically with t (the terms are largest at small t, see ``strata``), one t i
 uniformly per stratum and weighted by the stratum's size. The result is a Monte-Carlo
 estimate of the bound (its per-example noise is part of the reported standard error), never
 an exact value. Cost: ``vlb_t_samples + 1`` network evaluations per test image.
+
+Outside reference at equal CPU time (issue 14): cloneofsimo/minDiffusion ``superminddpm.py`` (a
+16.9 M-parameter 7x7 conv eps-model without a time input, T = 1000, Adam 2e-4, batch 128),
+re-implemented in ``scripts/references.py``. One of its training steps took 65 s on this machine (one
+thread, loaded), so the main suite's 45 s buys it one or two updates, and its 1,000-step sampler costs
+minutes per image: scored on 10 samples in that smoke run, noise (domain FID 2,236). Not run at the main
+budget for that reason. bench's DDPM (``suites/mnist.yaml``; its settings won their own tuning run,
+``docs/tuning/mnist-2026-12-01``) takes 829 steps in 45 s and reaches domain FID 227 +- 24 over 3 seeds
+with 25 sampler steps.
 """
 from __future__ import annotations
 

@@ -38,6 +38,16 @@ density ``p_x(x) * 2^D`` and its bin has width 1/256, so
 (Jensen's inequality; Theis et al. 2016); we report one draw of u per image. The result is an
 estimate (solver error, trace noise, one dequantization draw), never an exact likelihood. Cost per
 test image: ``likelihood_steps x NFE per step`` forward passes, each with one backward pass per probe.
+
+Outside reference at equal CPU time (issue 14): the OT-CFM MNIST example of atong01/conditional-flow-matching
+(``examples/images/mnist_example.ipynb``: torchcfm's U-Net with 32 channels, exact minibatch OT coupling,
+Adam 1e-3, batch 128, dopri5 sampling), re-implemented in ``scripts/references.py`` (its U-Net checked
+against torchcfm's own class: equal outputs for equal weights) and trained for the main suite's 45 s on
+this 2-core machine (2 threads, idle): 14 steps, 2,000 samples in 347 s, domain FID 1,374 (one seed; one
+class covered). bench's flow matching as ``suites/mnist.yaml`` ships it (tuned: width 16, logit-normal
+t, lr 3.42e-3, batch 32; ``docs/tuning/mnist-2026-12-01``): 1,920 steps, FID 173 +- 18 over 3 seeds,
+with 20 Euler steps. The reference's U-Net (1.08 M parameters, attention at 28x28) is built for GPU
+epochs; at 45 CPU-seconds it has not started to learn.
 """
 from __future__ import annotations
 
