@@ -129,26 +129,39 @@ def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list
     return _labelled(fig, ax, xlabel, ylabel, legend=bool(lines) or len(front) > 1)
 
 
-def _spread_labels(ax, items: list[tuple[str, float, float]], gap_pt: float = 10.0) -> None:
-    """Label markers so that labels of markers at one x (every one-shot family sits at NFE 1) do not overlap: per
-    x, labels are stacked at least ``gap_pt`` points apart in the order of their markers' heights, and a label
-    moved off its marker gets a thin leader line."""
+def _spread_labels(ax, items: list[tuple[str, float, float]], gap_pt: float = 10.0, near_pt: float = 60.0) -> None:
+    """Label markers so that labels do not overlap: markers within ``near_pt`` points of each other
+    horizontally (every one-shot family sits at NFE 1; guided samplers at 2x their steps) form one
+    column, whose labels start right of its rightmost marker and are stacked at least ``gap_pt`` points
+    apart in the order of their markers' heights; a label moved off its marker gets a thin leader line."""
+    if not items:
+        return
     ax.figure.canvas.draw()  # fix the limits, so data-to-points conversions hold
     to_pt = 72.0 / ax.figure.dpi
-    by_x: dict[float, list[tuple[str, float, float]]] = {}
-    for name, x, y in items:
-        by_x.setdefault(x, []).append((name, x, y))
-    for group in by_x.values():
-        group.sort(key=lambda t: t[2])
-        heights = [ax.transData.transform((x, y))[1] * to_pt for _, x, y in group]
+    box = ax.get_window_extent()
+    bottom, top = box.y0 * to_pt + 6, box.y1 * to_pt - 6
+    pts = [(name, x, y, *(ax.transData.transform((x, y)) * to_pt)) for name, x, y in items]
+    pts.sort(key=lambda t: t[3])
+    columns: list[list[tuple]] = []
+    for p in pts:
+        if columns and p[3] - columns[-1][0][3] < near_pt:
+            columns[-1].append(p)
+        else:
+            columns.append([p])
+    for column in columns:
+        column.sort(key=lambda t: t[4])
+        right = max(p[3] for p in column)
+        heights = [p[4] for p in column]
         placed: list[float] = []
         for h in heights:
             placed.append(h if not placed else max(h, placed[-1] + gap_pt))
         shift = (sum(heights) - sum(placed)) / len(placed)  # centre the stack on its markers
-        for (name, x, y), h, p in zip(group, heights, placed):
-            dy = p + shift - h
-            moved = abs(dy) > 2
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(7, dy - 3), fontsize=8,
+        shift = min(shift, top - placed[-1])  # ... but keep it inside the axes
+        shift = max(shift, bottom - placed[0])
+        for (name, x, y, px, py), q in zip(column, placed):
+            dx, dy = right - px + 7, q + shift - py
+            moved = abs(dy) > 2 or dx > 9
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy - 3), fontsize=8,
                         arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None)
 
 
