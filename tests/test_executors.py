@@ -338,9 +338,12 @@ def test_a_killed_task_is_recorded_and_resume_finishes_it(ray_address, tmp_path,
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker processes through /proc")
 def test_ctrl_c_cancels_running_tasks_and_leaves_a_resumable_run(ray_address, tmp_path, write_suite):
-    p, out = write_suite(KILLABLE), tmp_path / "run"
+    # the slow cell is long here, so that however late its worker is found, Ctrl-C still lands while it runs
+    p, out = write_suite(KILLABLE.replace("budget: {seconds: 4}", "budget: {seconds: 60}")), tmp_path / "run"
     proc = _bench("run", str(p), "--executor", "ray", "--address", ray_address, "--out", str(out), "--quiet")
     worker = _pid_titled("ray::cell slow__seed0")
+    time.sleep(0.5)  # the driver is waiting on its tasks, not still submitting them
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and f"interrupted; finished cells are kept: rerun with --resume --out {out}" in err
