@@ -301,7 +301,8 @@ class RayExecutor(_Timed):
         t_all = time.perf_counter()
         box = [ray.put((shared or Shared()).pack())]  # the one copy every task reads
         # the task name shows in `ray list tasks` and as the worker's process title (ray::cell <id>)
-        pending = {self._remote.options(name=label(s)).remote(fn, s, box, self.threads, os.getpriority(os.PRIO_PROCESS, 0)): s for s in specs}
+        nice = os.getpriority(os.PRIO_PROCESS, 0)  # the driver's: tasks take it back (match_priority)
+        pending = {self._remote.options(name=label(s)).remote(fn, s, box, self.threads, nice): s for s in specs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

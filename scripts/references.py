@@ -113,6 +113,13 @@ class Reference:
         """Network evaluations per sample of the last ``sample`` call."""
         raise NotImplementedError
 
+    def _descend(self, loss: torch.Tensor) -> float:
+        """One step of ``self.opt`` on ``loss`` (the references with one optimiser); returns the loss."""
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
 
 # ---------------------------------------------------------------------------------------------------------
 # vae: pytorch/examples vae/main.py
@@ -143,10 +150,7 @@ class ExamplesVAE(Reference):
         bce = F.binary_cross_entropy(self.decode(z), x, reduction="sum")
         kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())  # Kingma & Welling, Appendix B
         loss = bce + kld  # summed over the batch, not averaged: the reference's scale for Adam
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -295,10 +299,7 @@ class MinDDPM(Reference):
         eps = torch.randn_like(x)
         x_t = self.sched["sqrtab"][ts, None, None, None] * x + self.sched["sqrtmab"][ts, None, None, None] * eps
         loss = F.mse_loss(self.eps_model(x_t), eps)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     @torch.no_grad()
     def sample(self, n: int, batch: int = 100) -> torch.Tensor:
@@ -367,10 +368,7 @@ class PixelCNN(Reference):
         self.net.train()
         target = (x[:, 0] * 255).round().long()  # (B, 28, 28): the 8-bit value (the reference's .long() of x * 255)
         loss = F.cross_entropy(self.net(x), target)  # logits (B, 256, 28, 28)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     def row_logits(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """The logits (B, 256, W) of row ``i`` of ``x`` (B, 1, H, W), from the rows it depends on only."""
@@ -620,10 +618,7 @@ class OTCFM(Reference):
         t = torch.rand(len(x1))
         xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0  # sigma = 0: no noise added
         loss = torch.mean((self.model(t, xt) - (x1 - x0)) ** 2)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     @torch.no_grad()
     def sample(self, n: int, batch: int = 100) -> torch.Tensor:

@@ -63,6 +63,7 @@ class NaiveBayes(GenerativeModel):
     likelihood_kind = "exact"
     conditional_capable = True
     watched_loss = "nll"
+    LOGGED_ROWS = 16  # the logged training NLL is that of the first 16 images of each batch (training_step)
 
     def __init__(self, spec: DataSpec, options: NaiveBayesOptions):
         super().__init__(spec, options)
@@ -100,8 +101,6 @@ class NaiveBayes(GenerativeModel):
         # statistics so far: the same curve for the stability evaluator at an eighth of the cost of the
         # whole batch (the Gaussian bin probabilities cost B x K x D double-precision ndtr calls).
         return {"nll": -self._log_prob_values(v[: self.LOGGED_ROWS]).mean().float()}
-
-    LOGGED_ROWS = 16
 
     # ------------------------------------------------------------------ the model
     def _log_prior(self) -> torch.Tensor:

@@ -122,10 +122,10 @@ def cost_curves(lines: dict[str, tuple[list[float], list[float]]], markers: list
         fx, fy = zip(*front)
         ax.step(fx, fy, where="post", ls="--", c="0.3", lw=1, label="Pareto frontier")
     ax.set_xscale("log")
-    _spread_labels(ax, markers)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1 2 5 10 20 50
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 5, not 5x10^0
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _spread_labels(ax, markers)  # last: it converts to points with the axes as they will be drawn
     return _labelled(fig, ax, xlabel, ylabel, legend=bool(lines) or len(front) > 1)
 
 
