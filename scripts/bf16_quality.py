@@ -2,6 +2,7 @@
 
     python scripts/bf16_quality.py                                  # autoencoder, pixelcnn, gan; 20 s, 3 seeds
     python scripts/bf16_quality.py --seconds 10 --seeds 0 --models gan --n-samples 500
+    python scripts/bf16_quality.py --models pixelcnn --steps 740 --emulate   # numerics only, any CPU
 
 The candidates are the families whose bf16 steps/s gain was >= 1.3x in scripts/bench_engine.py
 (autoencoder 1.39, PixelCNN 1.72, GAN 1.37). Each trains as ``suites/mnist.yaml`` defines it
@@ -17,6 +18,16 @@ the paired difference bf16 - fp32 (mean and standard error over seeds) and ``wor
 bf16 is worse beyond ``--sigmas`` standard errors of the paired differences, in the metric's
 declared direction (density: further from its ideal 1). Wall-clock budgets make every number depend on the load on the machine; the
 1-minute load average is printed beside them. Prints one JSON object.
+
+``--steps N`` trains both precisions for the same N optimizer steps instead: the comparison is then of
+bf16's numerics alone (quality per step), independent of the machine's speed and load. Under a
+wall-clock budget the engine's learning rate is constant (a cosine schedule needs a step budget), so
+a bf16 cell at equal seconds follows the same kind of trajectory for more steps: quality per step
+that holds, together with the steps/s ratio of ``scripts/bench_engine.py``, is the equal-seconds
+argument in two measured halves. ``--emulate`` (only with ``--steps``) lets bf16 autocast run on a
+CPU without AMX / AVX512-BF16: PyTorch then rounds to bfloat16 in software (about 2x slower than
+fp32, so its speed says nothing) with the same bfloat16 rounding of each autocast op's inputs and
+outputs; oneDNN's native kernels may differ in accumulation order, not in precision.
 """
 from __future__ import annotations
 
@@ -34,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import engine  # noqa: E402
 from bench.config import Budget, EvalConfig, load_suite  # noqa: E402
 from bench.engine import TrainSettings, bf16_supported  # noqa: E402
 from bench.results import METRICS  # noqa: E402
@@ -91,9 +103,21 @@ def main() -> None:
     ap.add_argument("--likelihood-examples", type=int, default=500)
     ap.add_argument("--sigmas", type=float, default=2.0, help="bf16 counts as worse beyond this many paired SEs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: the suite's)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="equal optimizer steps instead of equal seconds (quality per step: bf16's numerics alone)")
+    ap.add_argument("--emulate", action="store_true",
+                    help="with --steps: run bf16 autocast on a CPU without AMX / AVX512-BF16 (software rounding)")
     args = ap.parse_args()
-    if not bf16_supported(torch.device("cpu")):
-        raise SystemExit("this CPU has no bf16 support (AMX / AVX512-BF16): nothing to compare")
+    if args.emulate and args.steps is None:
+        raise SystemExit("--emulate compares numerics only: give --steps (emulated bf16 speed says nothing)")
+    if args.steps is not None and args.steps <= 0:
+        raise SystemExit("--steps must be a positive number of optimizer steps")
+    native = bf16_supported(torch.device("cpu"))
+    if not native and not args.emulate:
+        raise SystemExit("this CPU has no bf16 support (AMX / AVX512-BF16): nothing to compare at equal seconds; "
+                         "--steps N --emulate compares the numerics alone")
+    if args.emulate and not native:
+        engine.bf16_supported = lambda device: device.type == "cpu" or torch.cuda.is_bf16_supported()
 
     path = ROOT / "suites" / "mnist.yaml"
     base = load_suite(path)
@@ -102,14 +126,16 @@ def main() -> None:
         raise SystemExit(f"--models: {unknown} are not in {path.name} ({[m.name for m in base.models]})")
     cfg = base.model_copy(update={
         "models": [m for m in base.models if m.name in args.models],
-        "budget": Budget(seconds=args.seconds),
+        "budget": Budget(steps=args.steps) if args.steps else Budget(seconds=args.seconds),
         "eval": EvalConfig(metrics=["likelihood", "quality"], n_samples=args.n_samples,
                            likelihood_examples=args.likelihood_examples, quality=base.eval.quality),
         **({"threads": args.threads} if args.threads else {}),
     })
     values: dict[str, dict[str, dict[str, list[float]]]] = {}
-    report: dict[str, Any] = {"seconds": args.seconds, "seeds": args.seeds, "n_samples": args.n_samples,
-                              "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0], "under_load": True}
+    report: dict[str, Any] = {**({"steps": args.steps, "bf16": "native" if native else "emulated"} if args.steps
+                                 else {"seconds": args.seconds}),
+                              "seeds": args.seeds, "n_samples": args.n_samples,
+                              "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0], "depends_on_load": args.steps is None}
     with tempfile.TemporaryDirectory(prefix="bench-bf16-") as tmp:
         for i, seed in enumerate(args.seeds):
             for precision in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
