@@ -74,6 +74,11 @@ def embed(x: torch.Tensor, ds: Dataset, space: Space, device: torch.device) -> t
     return domain_extractor(ds, device).extract(x, 1000, device)["features"]
 
 
+def _median(d: torch.Tensor) -> float:
+    """The median, the mean of the two middle values for an even count (numpy's; ``Tensor.median`` takes the lower)."""
+    return float(torch.quantile(d.double(), 0.5))
+
+
 def memorization(samples: torch.Tensor, ds: Dataset, space: Space, device: torch.device, n_test: int = 2000,
                  n_pairs: int = 16, cells: int = 20, seed: int = 0) -> Memorization:
     """Nearest-training distances of samples against those of ``n_test`` test images, in one space.
@@ -95,8 +100,8 @@ def memorization(samples: torch.Tensor, ds: Dataset, space: Space, device: torch
     m, n = len(sample_f), len(test_f)
     return Memorization(
         space, closer_share(nn.distance, d_test), math.sqrt((m + n + 1) / (12 * m * n)), ct.c_t, ct.cells_used,
-        near_copy_share(nn.distance, d_test), exact_copy_share(nn.distance), float(nn.distance.median()),
-        float(d_test.median()), m, n, len(train_f), closest_pairs(nn, n_pairs),
+        near_copy_share(nn.distance, d_test), exact_copy_share(nn.distance), _median(nn.distance),
+        _median(d_test), m, n, len(train_f), closest_pairs(nn, n_pairs),
     )
 
 

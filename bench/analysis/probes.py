@@ -38,7 +38,11 @@ def preferred(lks: dict[str, Likelihood]) -> Likelihood | None:
 
 
 def has_encoder(model: GenerativeModel) -> bool:
-    return hasattr(model, "reconstruct") or isinstance(model, (VAE, Autoencoder))
+    """A reconstruction of an unlabelled image is possible: a family's own ``reconstruct``, an autoencoder, or an
+    unconditional VAE (a cVAE's encoder needs the label, which an out-of-distribution image does not have)."""
+    if hasattr(model, "reconstruct"):
+        return True
+    return isinstance(model, Autoencoder) or (isinstance(model, VAE) and not model.n_labels)
 
 
 @torch.no_grad()
@@ -50,9 +54,11 @@ def reconstruct(model: GenerativeModel, x: torch.Tensor, batch_size: int = 500) 
         b01 = b.to(model.device).float() / 255
         if hasattr(model, "reconstruct"):
             r = model.reconstruct(b.to(model.device))
-        elif isinstance(model, VAE):
+        elif isinstance(model, VAE) and not model.n_labels:
             mu, _ = model._posterior(b01 * 2 - 1)  # the posterior mean: a deterministic reconstruction
-            r = (model.decoder(mu).clamp(-1, 1) + 1) / 2
+            dec = model._decode(mu, None)  # (B, C, H, W): Bernoulli logits, or the logistic's location in [-1, 1]
+            # the decoder distribution's mean, as VAE.sample(sample_mode="mean") gives it
+            r = torch.sigmoid(dec) if model.options.decoder == "bernoulli" else (dec.clamp(-1, 1) + 1) / 2
         elif isinstance(model, Autoencoder):
             r = model._decode(model.encoder(b01))
         else:
