@@ -1,7 +1,9 @@
 """scripts/references.py: each public reference trains a few steps and samples images in [0, 1]; the PixelCNN's
-bits/dim and row-cropped sampler, the dopri5 solver and the OT coupling against known answers; the CLI."""
+bits/dim and row-cropped sampler, the dopri5 solver, the OT coupling and the MAF's density conversion, inverse and
+BatchNorm statistics against known answers; the CLI."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributions import AffineTransform, Normal, SigmoidTransform, TransformedDistribution
 
 from bench.data import Dataset, load_dataset
 
@@ -23,7 +26,9 @@ _spec.loader.exec_module(refs)
 
 # Per reference: constructor options and batch size for a tiny run. The DDPM's eps-model costs ~26 GFLOP per
 # image and call, so it trains on 2 images and samples through a 5-step schedule (the CLI always uses 1000).
-TINY = {"vae": ({}, 8), "dcgan": ({}, 8), "ddpm": ({"n_t": 5}, 2), "pixelcnn": ({}, 4), "flow-matching": ({}, 8)}
+# The MAF keeps its 784 dimensions but gets 2 blocks of 64 hidden units (5 x 1024: 17M parameters).
+TINY = {"vae": ({}, 8), "dcgan": ({}, 8), "ddpm": ({"n_t": 5}, 2), "pixelcnn": ({}, 4), "flow-matching": ({}, 8),
+        "maf": ({"blocks": 2, "hidden": 64}, 8)}
 # PixelCNN sampling is 784 network calls per image: 2 images; the others 4 (DCGAN: a partial BN batch of 4)
 N_SAMPLES = {"pixelcnn": 2}
 
@@ -45,6 +50,7 @@ def test_reference_trains_and_samples_images_in_unit_range(name: str, mnist: Dat
     ref = refs.build(name, seed=0, **options)
     spent = refs.train(ref, mnist.train_x, seconds=None, max_steps=3, batch_size=batch)
     assert spent["steps"] == 3 and spent["train_seconds"] > 0 and math.isfinite(spent["last_loss"])
+    ref.finish_training(mnist.train_x)
     n = N_SAMPLES.get(name, 4)
     torch.manual_seed(1)
     x = ref.sample(n)
@@ -144,6 +150,111 @@ def test_unet_maps_images_to_velocities():
     assert v.shape == (3, 1, 28, 28) and torch.all(v == 0)  # guided-diffusion zero-initialises the output conv
 
 
+# ---------------------------------------------------------------------------------------------- MAF
+def test_made_is_autoregressive():
+    """du/dx is lower triangular (u_i reads x_<=i) with diagonal exp(-a_i)."""
+    torch.manual_seed(0)
+    made = refs.MADE(12, 30)  # 30 hidden units > d - 1: degrees wrap around, as 1024 over 783
+    x = torch.randn(12)
+    jac = torch.autograd.functional.jacobian(lambda x: made(x[None])[0][0], x)  # (12, 12)
+    _, a = made.mean_log_scale(x[None])
+    assert torch.all(jac.triu(1) == 0)
+    assert torch.allclose(jac.diagonal(), torch.exp(-a[0]))
+    assert jac.tril(-1).abs().sum() > 0
+
+
+def test_made_cut_inverse_equals_the_reference_loop():
+    """The cut inverse against the reference's loop: the full MADE on x with zeros at >= i, column i kept."""
+    torch.manual_seed(0)
+    made = refs.MADE(12, 30)
+    for layer in made.layers:
+        torch.nn.init.normal_(layer.bias, 0, 0.5)  # nonzero biases: the cut must keep them
+    u = torch.randn(5, 12)
+    x = torch.zeros_like(u)
+    with torch.no_grad():
+        for i in range(12):
+            m, a = made.mean_log_scale(x)
+            x[:, i] = u[:, i] * torch.exp(a[:, i]) + m[:, i]
+    assert torch.allclose(made.inverse(u), x, atol=1e-5)
+    assert torch.allclose(made(x)[0], u, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_maf():
+    """A 2-block MAF on 784 dimensions with nonzero, random BatchNorm parameters and statistics, in eval mode."""
+    ref = refs.build("maf", seed=0, blocks=2, hidden=64)
+    torch.manual_seed(1)
+    for layer in ref.flow:
+        if isinstance(layer, refs.BatchNormFlow):
+            for t in (layer.log_gamma.data, layer.beta.data, layer.running_mean):
+                t.copy_(0.3 * torch.randn(784))
+            layer.running_var.copy_(torch.rand(784) + 0.5)
+    ref.flow.eval()
+    return ref
+
+
+def test_maf_flow_inverse_inverts_the_forward_in_eval_mode(small_maf):
+    l = 2 * torch.randn(6, 784)
+    with torch.no_grad():
+        z, _ = small_maf.flow_forward(l)
+        assert torch.allclose(small_maf.flow_inverse(z), l, atol=1e-4)
+
+
+def test_maf_batchnorm_statistics_are_those_of_one_full_batch(small_maf):
+    """set_batchnorm_statistics over chunks = a train-mode forward of everything as one batch (momentum 0)."""
+    ref = copy.deepcopy(small_maf)
+    l = 2 * torch.randn(64, 784) + 1
+    ref.flow.train()
+    with torch.no_grad():
+        ref.flow_forward(l)
+    want = [(m.running_mean.clone(), m.running_var.clone()) for m in ref.flow if isinstance(m, refs.BatchNormFlow)]
+    ref.set_batchnorm_statistics(list(l.split(16)))
+    got = [(m.running_mean, m.running_var) for m in ref.flow if isinstance(m, refs.BatchNormFlow)]
+    for (m0, v0), (m1, v1) in zip(want, got):
+        assert torch.allclose(m0, m1, atol=1e-4) and torch.allclose(v0, v1, rtol=1e-4)
+    assert not torch.allclose(want[0][1], want[1][1])  # the second layer's statistics are of the first's outputs
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 0.05])
+def test_logit_space_jacobian_is_a_density_on_0_256(alpha: float):
+    """N(0, 1) in logit space, moved to w in [0, 256) by the log-Jacobian, integrates to the normal mass of the
+    logit's range (logit(alpha), logit(1 - alpha)): 1 - 2e-12 at alpha 1e-6, 0.99676 at 0.05."""
+    w = torch.linspace(0, 256, 400_001, dtype=torch.float64)[:-1, None]  # (N, 1)
+    l, logdet = refs.logit_space(w, alpha)
+    density = torch.exp(refs.std_normal_logp(l) + logdet)
+    edge = math.log((1 - alpha) / alpha)  # logit(1 - alpha)
+    assert torch.trapezoid(density, w[:, 0]).item() == pytest.approx(math.erf(edge / math.sqrt(2)), abs=1e-5)
+
+
+def test_logit_space_log_jacobian_matches_autograd():
+    w = (256 * torch.rand(3, 5, dtype=torch.float64)).requires_grad_()
+    l, logdet = refs.logit_space(w, 1e-6)
+    (grad,) = torch.autograd.grad(l.sum(), w)  # the Jacobian is diagonal: dl_i/dw_i
+    assert torch.allclose(logdet, grad.log().sum(1), rtol=1e-10)
+
+
+def test_maf_bits_per_dim_of_a_diagonal_gaussian_is_the_logit_normal_density(mnist: Dataset):
+    """Known answer: with its MADE at zero, a 1-block MAF in eval mode is l ~ N(mean, var) per pixel (the BN's
+    running statistics), so v + u has the logit-normal density of torch.distributions' change of variables."""
+    ref = refs.build("maf", seed=0, blocks=1, hidden=16)
+    made, bn = ref.flow[0], ref.flow[1]
+    for layer in made.layers:
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    torch.manual_seed(2)
+    mean, var = torch.randn(784, dtype=torch.float64), torch.rand(784, dtype=torch.float64) + 0.5
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+    x = mnist.test_x[:7]
+    v = x.flatten(1).double()
+    u = torch.rand(v.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # bits_per_dim's draws
+    a = refs.MAF.alpha
+    to_pixels = [SigmoidTransform(), AffineTransform(-256 * a / (1 - 2 * a), 256 / (1 - 2 * a))]  # l -> v + u
+    want = TransformedDistribution(Normal(mean, var.sqrt()), to_pixels).log_prob(v + u).sum(1)  # (7,)
+    assert torch.allclose(ref.log_prob(v + u), want, rtol=1e-5)
+    assert ref.bits_per_dim(x) == pytest.approx(-want.mean().item() / (784 * math.log(2)), rel=1e-5)
+
+
 def test_summarise_gives_no_std_for_one_seed():
     mean, std = refs.summarise([{"seed": 0, "steps": 4, "fid_domain": 10.0, "note": "x"}])
     assert mean == {"steps": 4, "fid_domain": 10.0} and std == {"steps": None, "fid_domain": None}
@@ -151,7 +262,7 @@ def test_summarise_gives_no_std_for_one_seed():
 
 def test_slow_samplers_get_fewer_samples_unless_told():
     assert refs.samples_per_reference(2000, []) == {"vae": 2000, "dcgan": 2000, "ddpm": 10, "pixelcnn": 200,
-                                                    "flow-matching": 2000}
+                                                    "flow-matching": 2000, "maf": 2000}
     assert refs.samples_per_reference(50, ["ddpm=100"])["ddpm"] == 100
     assert refs.samples_per_reference(50, [])["pixelcnn"] == 50
     with pytest.raises(SystemExit, match="N >= 6"):
@@ -171,6 +282,11 @@ def test_cli_rejects_an_unknown_reference(capsys):
     assert e.value.code == 2 and "invalid choice: 'vea'" in capsys.readouterr().err
 
 
+def test_cli_accepts_every_reference_name():
+    assert refs.parse_args(["--only", "maf", "pixelcnn"]).only == ["maf", "pixelcnn"]
+    assert refs.parse_args([]).only == list(refs.REFERENCES)
+
+
 def test_cli_trains_samples_scores_and_writes_json(tmp_path: Path):
     out = tmp_path / "refs.json"
     r = run_script("--only", "vae", "--seconds", "0.2", "--seeds", "0", "--n-samples", "50", "--threads", "1",
@@ -186,3 +302,15 @@ def test_cli_trains_samples_scores_and_writes_json(tmp_path: Path):
         assert isinstance(rec[key], (int, float)) and math.isfinite(rec[key]), key
     assert vae["mean"]["fid_domain"] == rec["fid_domain"] and vae["std"]["fid_domain"] is None
     assert "load average (1 min) at start" in r.stderr and "load average (1 min) at end" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_runs_the_maf_end_to_end(tmp_path: Path):
+    """--only maf through a real subprocess: 5 x 1024 MADEs, the BatchNorm pass over 60,000 images, 6 samples
+    (~2 minutes on 2 loaded cores)."""
+    r = run_script("--only", "maf", "--seconds", "0.1", "--seeds", "0", "--n-samples", "6", "--threads", "2",
+                   timeout=900)
+    assert r.returncode == 0, r.stderr
+    (rec,) = json.loads(r.stdout)["maf"]["per_seed"]
+    assert rec["steps"] >= 1 and rec["finish_seconds"] > 0 and rec["nfe_per_sample"] == 5 * 784
+    assert 1.0 < rec["nll_bpd_exact"] < 8.0
