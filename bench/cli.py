@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from bench.errors import BenchError
 from bench.registry import Registry
+from bench.seeds import seeds_problem
 
 if TYPE_CHECKING:  # the CLI imports the schema only for commands that read a suite (`bench list` stays fast)
     from bench.config import ExecutorConfig
@@ -21,13 +22,24 @@ if TYPE_CHECKING:  # the CLI imports the schema only for commands that read a su
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.replace(",", " ").split()]
+        seeds = [int(s) for s in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes integers like '0 1 2' or '0,1,2', got {text!r}") from None
+    problem = seeds_problem(seeds) if seeds else (0, "give at least one seed, like '0 1 2'")
+    if problem:
+        raise argparse.ArgumentTypeError(problem[1])
+    return seeds
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of bench (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="Benchmark generative model families side by side.")
+    p = _Parser(prog="bench", description="Benchmark generative model families side by side.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="train and evaluate every model x seed of a suite, then write the report")
@@ -132,14 +144,20 @@ def _list_plugins(registry: Registry) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
 
     from bench.data import load_dataset
     from bench.evaluate import evaluate_external
     from bench.metrics.quality import QualityOptions
     from bench.runner import resolve_device
 
+    if args.json and args.json.is_dir():  # found now, not after the metrics are computed
+        raise BenchError(f"--json {args.json}: is a folder; give the path of a file")
+    try:
+        opts = QualityOptions(feature_spaces=args.feature_space or ["domain"], n_reference=args.n_reference)
+    except ValidationError as e:
+        raise BenchError(f"--n-reference {args.n_reference}: {e.errors()[0]['msg']}") from None
     ds = load_dataset(args.dataset)
-    opts = QualityOptions(feature_spaces=args.feature_space or ["domain"], n_reference=args.n_reference)
     metrics = evaluate_external(args.samples, ds, opts, resolve_device(args.device))
     for m in metrics:
         value = "n/a" if m.value is None else f"{m.value:.6g}"
@@ -162,10 +180,11 @@ def _executor(suite: ExecutorConfig, name: str | None, address: str | None) -> E
 
 
 def _cmd_tune(cfg, args: argparse.Namespace) -> int:
+    from bench.space import MAX_TRIALS
     from bench.tune import tune_suite
 
-    if args.trials is not None and args.trials < 1:
-        raise BenchError(f"--trials: need at least 1 trial per model, got {args.trials}")
+    if args.trials is not None and not 1 <= args.trials <= MAX_TRIALS:
+        raise BenchError(f"--trials: give 1 to {MAX_TRIALS:,} trials per model, got {args.trials}")
     run_dir = tune_suite(cfg, args.suite, trials=args.trials, sampler=args.sampler, objective=args.objective,
                          only=args.only, out=args.out, reports_root=args.reports_root, resume=args.resume,
                          dry_run=args.dry_run, quiet=args.quiet,
@@ -203,6 +222,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_suite(cfg, args.suite, dry_run=True)
         print(f"{args.suite}: ok")
         return 0
+    baseline = args.baseline or (args.suite.parent / cfg.compare.baseline if cfg.compare.baseline else None)
+    if baseline is not None and not baseline.exists():  # found now, not after the run has spent its budget
+        where = "--baseline" if args.baseline else "compare.baseline"
+        raise BenchError(f"{where} {baseline}: no such run directory or results.json")
     tracker = None
     if args.track == "mlflow" and not args.dry_run:
         from bench.tracking import MlflowTracker
@@ -219,7 +242,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     print(f"report: {run_dir / 'index.html'}")
     status = _failed_cells(run_dir)
-    baseline = args.baseline or (args.suite.parent / cfg.compare.baseline if cfg.compare.baseline else None)
     if baseline:
         from bench import compare
 

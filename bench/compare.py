@@ -393,9 +393,17 @@ def compare_runs(
     b_name = str(baseline) if isinstance(baseline, (str, os.PathLike)) else "baseline"
     c_name = str(current) if isinstance(current, (str, os.PathLike)) else "current"
     (_, b_recs), (c_cfg, c_recs) = _as_run(baseline), _as_run(current)
+    if not b_recs:  # every model of current would be "new" and the check would pass whatever current holds
+        raise BenchError(f"{b_name}: the baseline holds no cell records, so any run would pass against it; "
+                         "compare with a run that finished cells")
     opts = options if options is not None else options_from_config(c_cfg, c_name)
     b_models, c_models = _group(b_recs), _group(c_recs)
     rows: list[Row] = []
+    b_suites, c_suites = sorted({r.suite for r in b_recs}), sorted({r.suite for r in c_recs})
+    if c_suites and not set(b_suites) & set(c_suites):  # a wrong baseline path, most likely: say so above the rows
+        rows.append(Row("(run)", "(suite)", None, None, None, "informational",
+                        f"baseline is a run of suite {', '.join(b_suites)}, current of suite {', '.join(c_suites)}: "
+                        "models of one are missing from the other"))
     for model in sorted(set(b_models) | set(c_models)):
         b, c = b_models.get(model), c_models.get(model)
         if c is None:
@@ -506,9 +514,9 @@ def main(baseline: str, current: str, summary: str | None = None, quiet: bool = 
     if summary:
         write_summary(result, Path(summary))
     if quiet:
-        for r in result.sorted_rows():
-            if r.verdict in FAILING:
-                print(f"{r.verdict}: {r.model} {r.metric}: {r.rule}")
+        notes = [r for r in result.rows if r.metric == "(suite)"]  # why everything is missing, first
+        for r in notes + [r for r in result.sorted_rows() if r.verdict in FAILING]:
+            print(f"{r.verdict}: {r.model} {r.metric}: {r.rule}")
         print(summary_line(result))
     else:
         print(format_table(result))

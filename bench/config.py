@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from yaml.composer import ComposerError
@@ -25,12 +25,22 @@ from bench.errors import BenchError
 
 from bench.compare import CompareOptions
 from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
+from bench.seeds import seeds_problem
 from bench.space import ModelTuning, TuningConfig, space_problem
 from bench.sweep import sweep_problem
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no field means anything at NaN/inf
+
+
+# Upper bounds of fields whose typo would not fail but exhaust the machine: every sample of a cell is held in
+# memory (1e13 samples ran for minutes, then ran out of memory), and libgomp aborts the whole process, without
+# a Python error, when asked for 100,000 threads. Far above any real suite; low enough to be refused at once.
+MAX_SAMPLES = 1_000_000  # generated samples per cell or snapshot: 20x the 50,000 of the standard FID protocol
+MAX_THREADS = 1024  # torch CPU threads
+MAX_NAME = 100  # characters of a suite or model name: they are file names (a cell adds its seed and sweep point)
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)]  # safe as a file name
 
 
 class Budget(_Strict):
@@ -65,12 +75,12 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # the evaluator option blocks; _check_eval rejects anything else
     metrics: list[str] = ["likelihood", "quality", "speed", "stability"]  # evaluators to run (cost always runs)
-    n_samples: int = Field(10000, gt=0)  # generated samples per cell for sample-based metrics (and saved)
+    n_samples: int = Field(10000, gt=0, le=MAX_SAMPLES)  # generated samples per cell for sample-based metrics (saved)
     likelihood_examples: int | None = Field(None, gt=0)  # test examples for likelihoods; None = the whole test split
     likelihood_batch_size: int = Field(500, gt=0)  # test examples per log_likelihood call
     save_samples: bool = True  # keep the evaluated samples as uint8 .npz in the run directory
     snapshot_every: int | None = Field(None, gt=0)  # cheap quality snapshot every N steps (stability); None = off
-    snapshot_samples: int = Field(500, gt=0)  # samples per snapshot
+    snapshot_samples: int = Field(500, gt=0, le=MAX_SAMPLES)  # samples per snapshot
     explode_factor: float | None = Field(1e4, gt=1)  # a loss this many times its early scale counts as diverged
 
     def options(self, name: str) -> EvaluatorOptions:
@@ -101,7 +111,7 @@ class DebugConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # unique within the suite; used in file names
+    name: Name  # unique within the suite; used in file names
     family: str  # a registered family (see `bench list`), an import path package.module:Class, or an entry point
     options: dict[str, Any] = {}  # the family's options (validated by the family's Options model)
     budget: Budget | None = None  # overrides the suite budget for this model
@@ -131,7 +141,7 @@ class ExecutorConfig(_Strict):
 
 
 class SuiteConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run directory reports/<name>/<run-id>
+    name: Name  # names the run directory reports/<name>/<run-id>
     description: str = ""  # free text, shown in the report
     dataset: DatasetConfig  # what every model trains and is evaluated on
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
@@ -143,7 +153,7 @@ class SuiteConfig(_Strict):
     train: TrainSettings = TrainSettings()  # engine settings (precision, grad_clip, ema, warmup_steps, schedule,
     # compile); the keys given override each family's own defaults, and a model's train: overrides these
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
-    threads: int | None = Field(None, gt=0)  # torch CPU threads; None = torch's default
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # torch CPU threads; None = torch's default
     eval: EvalConfig = EvalConfig()  # what is measured after training
     compare: CompareOptions = CompareOptions()  # tolerances for `bench compare`
     executor: ExecutorConfig = ExecutorConfig()  # where cells run (how, not what: --resume may change it)
@@ -192,7 +202,6 @@ MAX_SUITE_BYTES = 256 * 1024  # PyYAML's pure-Python parser reads ~100 KB/s: at 
 MAX_DEPTH = 50  # nesting levels of lists and mappings
 MAX_NODES = 20_000  # YAML nodes with every alias expanded (a "billion laughs" file is refused here)
 MAX_SCALAR_DIGITS = 40  # an int/float scalar longer than this is refused before Python converts it
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.manual_seed's range
 MAX_BUDGET = 1e12  # steps, seconds, epochs or examples: 30,000 years of seconds is a typo, not a budget
 _PLAIN = "a suite holds plain values only: strings, numbers, booleans, null, lists and mappings"
 
@@ -259,6 +268,10 @@ class _SuiteLoader(yaml.SafeLoader):
                 if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
                     continue
                 key = self.construct_object(key_node)
+                if not isinstance(key, str):  # every key of a suite is a name; YAML reads `yes:` or `1:` as another type
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           f"key {key_node.value!r} is read as {key!r}, not as a name (a suite's "
+                                           "keys are names; quote it if it is one)", key_node.start_mark)
                 if key in seen:
                     raise ConstructorError("while constructing a mapping", node.start_mark,
                                            f"key {key!r} appears twice (first on line {seen[key]}); keys must be "
@@ -427,13 +440,14 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
     def fail(loc: tuple, msg: str) -> None:
         raise BenchError(f"{source}:{_where(lines, loc)}: {_dotted(loc)}: {msg}")
 
-    for i, seed in enumerate(cfg.seeds):
-        if not SEED_MIN <= seed <= SEED_MAX:
-            fail(("seeds", i), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX} (what torch.manual_seed takes)")
-    for i, m in enumerate(cfg.models):
-        for j, seed in enumerate(m.seeds or []):
-            if not SEED_MIN <= seed <= SEED_MAX:
-                fail(("models", i, "seeds", j), f"seed {seed} is outside {SEED_MIN}..{SEED_MAX}")
+    seed_lists = [(("seeds",), cfg.seeds)] + [(("models", i, "seeds"), m.seeds or []) for i, m in enumerate(cfg.models)]
+    for loc, seeds in seed_lists:
+        problem = seeds_problem(seeds)
+        if problem:
+            fail((*loc, problem[0]), problem[1])
+    found = _non_finite(cfg.model_dump())  # typed fields given as text: 'inf' and 'nan' pass pydantic's float
+    if found:
+        fail(*found)
     budgets = [(("budget",), cfg.budget)] + [(("budgets", i), b) for i, b in enumerate(cfg.budgets or [])]
     budgets += [(("models", i, "budget"), m.budget) for i, m in enumerate(cfg.models)]
     for loc, b in budgets:
@@ -452,9 +466,11 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
     except BenchError as e:
         fail(("dataset", "name"), str(e))
     try:
-        dentry.options(**cfg.dataset.options)
+        found = _non_finite(dentry.options(**cfg.dataset.options).model_dump(), ("dataset",))
     except ValidationError as e:
         _raise_from(e, source, lines, ("dataset",), ", ".join(dentry.options.model_fields))
+    if found:
+        fail(*found)
     _check_eval(cfg.eval, source, lines, fail)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
@@ -466,9 +482,11 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
         except BenchError as e:
             fail(("models", i, "family"), str(e))
         try:
-            cls.Options(**m.options)
+            found = _non_finite(cls.Options(**m.options).model_dump(), ("models", i, "options"))
         except ValidationError as e:
             _raise_from(e, source, lines, ("models", i, "options"), ", ".join(cls.Options.model_fields))
+        if found:
+            fail(*found)
         problem = space_problem(cls, m.options, m.tune)
         if problem:
             fail(("models", i, "tune", "space", problem[0]), problem[1])
@@ -476,6 +494,28 @@ def _check_references(cfg: SuiteConfig, source: str, lines: dict[tuple, int]) ->
             problem = sweep_problem(cls, m.options, m.sweep)
             if problem:
                 fail(("models", i, "sweep", *problem[0]), problem[1])
+            for key, values in m.sweep.items():
+                for j, v in enumerate(values):
+                    if _non_finite(cls.Options(**{**m.options, key: v}).model_dump(include={key})):
+                        fail(("models", i, "sweep", key, j), f"{v!r} is not a finite number; {_FINITE}")
+
+
+_FINITE = "no suite field takes NaN or infinity"
+
+
+def _non_finite(value: Any, loc: tuple = ()) -> tuple[tuple, str] | None:
+    """The location of the first NaN or infinite number in validated values, and the message, or None.
+
+    The YAML loader refuses ``.inf`` and ``.nan``; pydantic still turns the text ``'inf'`` or ``'nan'`` into a
+    float for a float field, so the validated options are checked too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc, f"{value} is not a finite number; {_FINITE}"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, v in items:
+        found = _non_finite(v, (*loc, key))
+        if found:
+            return found
+    return None
 
 
 def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Callable[[tuple, str], None]) -> None:
@@ -506,6 +546,9 @@ def _check_eval(ev: EvalConfig, source: str, lines: dict[tuple, int], fail: Call
             opts = cls.Options.model_validate(blocks.get(name) or {})
         except ValidationError as e:
             _raise_from(e, source, lines, ("eval", name), ", ".join(cls.Options.model_fields))
+        found = _non_finite(opts.model_dump(), ("eval", name))
+        if found:
+            fail(*found)
         if cls.Options.model_fields:
             blocks[name] = opts.model_dump(mode="json")
 
@@ -519,6 +562,10 @@ def load_suite(path: str | Path) -> SuiteConfig:
     if not p.is_file():
         what = "not a regular file" if p.exists() else "no such suite file"
         raise BenchError(f"{p}: {what} (the suites that ship with bench are in suites/)")
+    return parse_suite(_read_text(p), str(p))
+
+
+def _read_text(p: Path) -> str:
     try:
         with open(p, "rb") as f:
             data = f.read(MAX_SUITE_BYTES + 1)  # never more, whatever stat() says
@@ -527,7 +574,34 @@ def load_suite(path: str | Path) -> SuiteConfig:
     if len(data) > MAX_SUITE_BYTES:
         raise BenchError(f"{p}: larger than {MAX_SUITE_BYTES // 1024} KiB; a suite is a few KB of YAML (is this the "
                          "right file?)")
-    return parse_suite(_decode(data, str(p)), str(p))
+    return _decode(data, str(p))
+
+
+# the sections of a run's suite.yaml that the report and --resume read, and the type bench writes them as
+_RUN_CONFIG_SHAPE = {"name": str, "description": str, "dataset": dict, "models": list, "budgets": list}
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved suite a run directory holds (its ``suite.yaml``) as plain values; ``{}`` when it has none.
+
+    Read like a suite file (size, depth and alias limits, plain values only): a run directory may come from
+    elsewhere (a CI artefact, a copy). It is not validated against the schema, since a report renders hand-made
+    runs too; a file that is not a mapping, or whose sections have another type than bench writes, is a
+    one-line ``BenchError``.
+    """
+    p = Path(run_dir) / "suite.yaml"
+    if not p.exists():
+        return {}
+    fix = "it is the resolved suite bench wrote at the start of the run: restore it (or start a new run)"
+    if not p.is_file():
+        raise BenchError(f"{p}: not a regular file; {fix}")
+    raw, _ = _yaml_document(_read_text(p), str(p))
+    if not isinstance(raw, dict):
+        raise BenchError(f"{p}: not a suite (a YAML mapping); {fix}")
+    for key, kind in _RUN_CONFIG_SHAPE.items():
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise BenchError(f"{p}: {key}: expected a {kind.__name__}, got {type(raw[key]).__name__}; {fix}")
+    return raw
 
 
 def _decode(data: bytes, source: str) -> str:

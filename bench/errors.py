@@ -13,6 +13,12 @@ class BenchError(Exception):
     exit_code = 2
 
 
+class Interrupted(BenchError):
+    """Ctrl-C while a run's cells (or trials) ran: the finished ones are kept, ``--resume`` runs the rest."""
+
+    exit_code = 130
+
+
 class Diverged(Exception):
     """Raised inside training when a loss is NaN/inf or explodes; ends the cell as ``diverged``."""
 

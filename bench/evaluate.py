@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.config import EvalConfig
-from bench.data import Dataset
+from bench.config import MAX_SAMPLES, EvalConfig
+from bench.data import MAX_POINT, Dataset, bad_points
 from bench.errors import BenchError
 from bench.io import read_npz
 from bench.families.base import GenerativeModel
@@ -44,7 +44,11 @@ def generate(model: GenerativeModel, n: int, device: torch.device, seed: int, ba
         if b == batch_size:
             times.append(dt)
         out.append(to_uint8(s).cpu() if kind == "image" else s.float().cpu())
-    return torch.cat(out), times
+    samples = torch.cat(out)
+    if kind == "points" and bad_points(samples):  # a diverged sampler: the cell fails with this reason
+        raise ValueError(f"the model generated {bad_points(samples)} of {n} points that are NaN, infinite or beyond "
+                         f"±{MAX_POINT:g}; no metric can measure them")
+    return samples, times
 
 
 def _after_training(ev: Evaluator) -> bool:
@@ -103,7 +107,13 @@ def load_samples(path: str | Path) -> torch.Tensor:
         arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
     if arr.ndim == 4 and arr.dtype != np.uint8:
         raise BenchError(f"{path}: images must be uint8 (N, C, H, W), got {arr.dtype}; convert with round(x * 255)")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    if len(arr) > MAX_SAMPLES:
+        raise BenchError(f"{path}: holds {len(arr):,} samples; bench evaluates at most {MAX_SAMPLES:,}")
+    samples = torch.from_numpy(np.ascontiguousarray(arr))
+    if arr.ndim == 2 and samples.is_floating_point() and bad_points(samples):
+        raise BenchError(f"{path}: {bad_points(samples)} of {len(arr)} points are NaN, infinite or beyond "
+                         f"±{MAX_POINT:g}; no metric can measure them")
+    return samples
 
 
 def evaluate_external(path: str | Path, dataset: Dataset, options: QualityOptions, device: torch.device) -> list[Metric]:

@@ -23,7 +23,6 @@ handed to ``on_result``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -41,8 +40,9 @@ import torch
 
 from bench.config import ExecutorConfig
 from bench.data import cache_dir
-from bench.errors import BenchError
+from bench.errors import BenchError, Interrupted
 from bench.io import atomic_write_bytes, atomic_write_json, sidecar
+from bench.store import read_environment
 
 TaskFn = Callable[[Any, Any], Any]  # fn(spec, shared objects) -> result; module-level, so it pickles by name
 OnResult = Callable[[Any, "Any | TaskFailure"], None]  # on_result(spec, result or TaskFailure), in the driver
@@ -417,7 +417,7 @@ def executing(pool: Executor, run_dir: Path, what: str, quiet: bool) -> Iterator
             print(f"executor: {pool.describe()['setup']}", flush=True)
         yield
     except KeyboardInterrupt:
-        raise BenchError(f"interrupted; finished {what} are kept: rerun with --resume --out {run_dir}") from None
+        raise Interrupted(f"interrupted; finished {what} are kept: rerun with --resume --out {run_dir}") from None
     finally:
         note_executor(run_dir, pool.describe())
         pool.close()
@@ -425,7 +425,6 @@ def executing(pool: Executor, run_dir: Path, what: str, quiet: bool) -> Iterator
 
 def note_executor(run_dir: Path, info: dict[str, Any]) -> None:
     """Append what ran this invocation (a first run or a --resume) to ``environment.json``'s ``executors``."""
-    path = Path(run_dir) / "environment.json"
-    env = json.loads(path.read_text()) if path.is_file() else {}
+    env = read_environment(run_dir)
     env["executors"] = [*env.get("executors", []), info]
-    atomic_write_json(path, env)
+    atomic_write_json(Path(run_dir) / "environment.json", env)

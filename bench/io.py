@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -96,6 +97,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     target keeps its old content, and every file written before it is intact.
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would say "Is a directory" and the advice below would not fit
+        raise BenchError(f"cannot write {path}: it is a folder; give the path of a file")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +119,34 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_dir(path: Path, what: str) -> Path:
+    """``mkdir -p path``; a file in the way, a read-only or missing file system is a one-line ``BenchError``
+    naming ``what`` (``--out``, ``--reports-root``) and the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"{what} {path}: cannot create the folder ({e.strerror or e}"
+                         f"{': ' + e.filename if e.filename and e.filename != str(path) else ''}); "
+                         "give a folder you can write") from None
+    return path
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file bench wrote, parsed; unreadable, not JSON, too deeply nested or with an integer too long
+    for Python is a one-line ``BenchError`` naming the file and ending with ``fix`` (what to do)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {fix}") from None
+    except RecursionError:
+        raise BenchError(f"{path}: not JSON bench can read (nested past Python's recursion limit); {fix}") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise BenchError(f"{path}: not JSON bench can read ({str(e).split(';')[0]}); {fix}") from None
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -223,14 +254,15 @@ def verify_sidecar(path: Path) -> str:
     return check_sha256(path, _sidecar_digest(path), _SIDECAR_FIX)
 
 
-def read_verified(path: Path) -> tuple[bytes, str]:
+def read_verified(path: Path, fix: str = _SIDECAR_FIX) -> tuple[bytes, str]:
     """Read a cache file once, check it against its sidecar, return (bytes, sha256).
 
-    One read for both hashing and parsing: the bytes parsed are the bytes checked.
+    One read for both hashing and parsing: the bytes parsed are the bytes checked. ``fix`` ends the message
+    of a file that does not match (what to do).
     """
-    expected = _sidecar_digest(path)
+    expected = _sidecar_digest(path, fix)
     data = Path(path).read_bytes()
-    return data, require_sha256(sha256_bytes(data), expected, path, _SIDECAR_FIX)
+    return data, require_sha256(sha256_bytes(data), expected, path, fix)
 
 
 def torch_load_verified(path: Path) -> Any:
@@ -254,17 +286,32 @@ def cached_torch_file(path: Path) -> Any | None:
     return torch_load_verified(path)
 
 
+MAX_NPZ_MEMBER_BYTES = 2**32  # 4 GiB unpacked: a million 3x32x32 uint8 samples are 3 GiB
+
+
 def read_npz(path: Path, what: str = "array file") -> dict[str, Any]:
     """Every array of an ``.npz`` (or the one array of an ``.npy``), read eagerly and checked.
 
     Checked against its sidecar when one exists (samples bench wrote); a file without one (made
     elsewhere) is still read whole here, so a truncated or bit-flipped member (zip CRC-32) fails now
-    as a one-line BenchError, not later inside a metric. Pickled (object) arrays are refused.
+    as a one-line BenchError, not later inside a metric. Pickled (object) arrays are refused, and so is
+    a member that would unpack to more than ``MAX_NPZ_MEMBER_BYTES`` (a zip bomb).
     """
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"{path}: no such {what}")
     data, _ = read_verified(path) if sidecar(path).is_file() else (path.read_bytes(), "")
+    if not data.startswith((b"PK", b"\x93NUMPY")):  # else numpy guesses a pickle and suggests loading it unsafely
+        raise BenchError(f"{path}: not a .npy or .npz {what} (neither a zip archive nor a numpy array file)")
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist() if data[:2] == b"PK" else []
+    except zipfile.BadZipFile:
+        members = []  # np.load below says what is wrong with it
+    sizes = {i.filename: i.file_size for i in members}
+    for name, size in sizes.items():  # a few KB of zeros can unpack to terabytes: refused before they are unpacked
+        if size > MAX_NPZ_MEMBER_BYTES:
+            raise BenchError(f"{path}: member {name} unpacks to {size:,} bytes, more than bench reads "
+                             f"({MAX_NPZ_MEMBER_BYTES:,})")
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if isinstance(loaded, np.ndarray):

@@ -27,7 +27,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig
+from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, read_run_config
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.executors import Executor, Shared, TaskFailure, check_executor, executing, make_executor, output_dir
@@ -37,9 +37,10 @@ from bench.metrics.base import EvalContext, axis
 from bench.results import CellRecord, cell_id
 from bench.sweep import grid, run_point
 from bench.engine import TrainSettings, bf16_supported
-from bench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point, remove_stale_temp_files, sidecar,
-                      torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
-from bench.store import LOCK_NAME, RunLock, RunStore, describe_owner, latest_run_dir, lock_holder, new_run_dir
+from bench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, fault_point, make_dir, remove_stale_temp_files,
+                      sidecar, torch_load_verified, torch_save_with_sidecar, write_with_sidecar)
+from bench.store import (LOCK_NAME, RunLock, RunStore, describe_owner, latest_run_dir, lock_holder, new_run_dir,
+                         read_environment)
 from bench.train import Spent, TrainContext, TrainResult, steps_for, train
 
 
@@ -271,6 +272,9 @@ def _new_record(cell: Cell, cfg: SuiteConfig, run_id: str, env: dict[str, Any]) 
                       options={}, environment={"device": env["device"]})
 
 
+MAX_CELL_SECONDS = 1e8  # --cell-time-limit: setitimer overflows the platform's time_t a little past 1e9 s
+
+
 class CellTimeLimit(BaseException):
     """Raised (by SIGALRM) in a cell that runs past ``--cell-time-limit``. A BaseException, like
     KeyboardInterrupt, so that no ``except Exception`` inside a family can swallow it."""
@@ -449,10 +453,11 @@ def fresh_run_dir(out: Path | None, parent: Path, name: str) -> Path:
     """``--out`` if it is new or empty, else a fresh timestamped ``parent/name/<run-id>``; never a used one."""
     if out is None:
         return new_run_dir(parent, name)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return make_dir(out, "--out")
 
 
 def start_run(cfg: SuiteConfig, run_dir: Path, device: torch.device, suite_path: Path, fresh: bool) -> dict[str, Any]:
@@ -466,7 +471,7 @@ def start_run(cfg: SuiteConfig, run_dir: Path, device: torch.device, suite_path:
     env = environment(device)
     if fresh:
         atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    if not (run_dir / "environment.json").is_file():
+    if not read_environment(run_dir):  # a damaged one stops the run here, before a cell runs, not after the last
         atomic_write_json(run_dir / "environment.json", {**env, "argv": sys.argv, "suite_file": str(suite_path)})
     return env
 
@@ -496,8 +501,9 @@ def run_suite(
     """
     device = resolve_device(cfg.device)
     cells = plan(cfg, only, seeds)
-    if cell_time_limit is not None and not cell_time_limit > 0:
-        raise BenchError(f"--cell-time-limit must be a positive number of seconds, got {cell_time_limit}")
+    if cell_time_limit is not None and not 0 < cell_time_limit <= MAX_CELL_SECONDS:
+        raise BenchError(f"--cell-time-limit must be a positive number of seconds up to {MAX_CELL_SECONDS:.0e} (the "
+                         f"longest alarm the OS sets), got {cell_time_limit}")
     executor = executor or cfg.executor
     check_executor(executor)  # a missing optional install fails before any directory is made
 
@@ -604,7 +610,11 @@ def _claim_run_dir(cfg: SuiteConfig, out: Path | None, reports_root: Path, resum
             lock.release()
             raise BenchError(f"--resume: {run_dir} has records but no suite.yaml; it was not written by bench run")
         if not fresh:
-            before = yaml.safe_load((run_dir / "suite.yaml").read_text())
+            try:
+                before = read_run_config(run_dir)
+            except BenchError:
+                lock.release()
+                raise
             if _what_runs(before) != _what_runs(json.loads(cfg.model_dump_json())):
                 lock.release()
                 raise BenchError(f"--resume: {run_dir} was run with a different suite config; start a new run instead")
@@ -620,8 +630,7 @@ def _claim_run_dir(cfg: SuiteConfig, out: Path | None, reports_root: Path, resum
             raise BenchError(f"--out {out}: being written by another bench process ({describe_owner(holder)})")
         raise BenchError(f"--out {out}: directory exists and is not empty; run directories are never overwritten "
                          f"(--resume --out {out} finishes an interrupted run)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out, RunLock(out).acquire(), True
+    return make_dir(out, "--out"), RunLock(out).acquire(), True
 
 
 def _what_runs(config: dict[str, Any]) -> dict[str, Any]:

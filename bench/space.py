@@ -18,7 +18,7 @@ not a constraint: so a tuned suite, whose options are the winners, can be tuned 
 
 In YAML a parameter is ``{type: float, low: 1e-4, high: 1e-2, log: true}``, ``{type: int, low: 2,
 high: 64, log: true}`` or ``{type: categorical, choices: [conv, mlp]}``. This module imports nothing
-from bench but the error type, so family modules can import it.
+from bench but the seed range (bench.seeds), so family modules can import it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from bench.seeds import Seed
+
 _STRICT = ConfigDict(extra="forbid")
+MAX_TRIALS = 10_000  # trials per model: far beyond any tuning budget; a typo of 1e20 would never finish
 Scalar = Union[bool, int, float, str, None]  # what Optuna can store as a categorical choice
 
 BATCH_SIZE = "batch_size"  # the searchable key that sets ModelConfig.batch_size, not an option
@@ -135,7 +138,7 @@ class ValidationSplitConfig(BaseModel):
 
     model_config = _STRICT
     fraction: float = Field(0.1, gt=0, le=0.5)  # share of the training split held out (seeded, without replacement)
-    seed: int = 0  # which examples are held out
+    seed: Seed = 0  # which examples are held out
 
 
 class ModelTuning(BaseModel):
@@ -150,9 +153,9 @@ class TuningConfig(BaseModel):
     """The suite's ``tuning:`` block: one protocol, the same number of trials for every model."""
 
     model_config = _STRICT
-    trials: int = Field(12, gt=0)  # trials per model, the same for every model (the tuning budget)
+    trials: int = Field(12, gt=0, le=MAX_TRIALS)  # trials per model, the same for every model (the tuning budget)
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna's TPE (Bergstra et al. 2011) or random search
-    seed: int = 0  # sampler seed and the training seed of every trial
+    seed: Seed = 0  # sampler seed and the training seed of every trial
     startup_trials: int = Field(4, ge=1)  # tpe: random proposals before the model-based ones
     include_defaults: bool = True  # trial 0 trains the model exactly as the suite writes it
     objective: str = "fid_domain"  # a registered metric with a direction; scored on the validation split

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from bench.errors import BenchError
-from bench.io import read_verified, sidecar, write_with_sidecar
+from bench.io import make_dir, read_json, read_verified, sidecar, write_with_sidecar
 from bench.results import CellRecord
 
 LOCK_NAME = ".bench.lock"
@@ -39,8 +39,7 @@ _RECORD = TypeAdapter(CellRecord)  # the record schema is the dataclass itself: 
 
 def new_run_dir(base: Path, suite: str) -> Path:
     """A fresh ``base/<suite>/<YYYYmmdd-HHMMSS>[-N]``; existing directories are never reused."""
-    parent = base / suite
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = make_dir(base / suite, "run directories go under")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k in range(1000):
         d = parent / (stamp if k == 0 else f"{stamp}-{k}")
@@ -49,6 +48,8 @@ def new_run_dir(base: Path, suite: str) -> Path:
             return d
         except FileExistsError:
             continue
+        except OSError as e:
+            raise BenchError(f"cannot create a run directory under {parent} ({e.strerror or e})") from None
     raise BenchError(f"could not create a new run directory under {parent}")
 
 
@@ -96,7 +97,10 @@ _RECORD_FIX = "delete it (and its .sha256) and rerun with --resume to recompute 
 
 def read_record(path: Path) -> CellRecord:
     """One record file: sha256 against its sidecar (records from before sidecars: schema only), then the schema."""
-    data, _ = read_verified(path) if sidecar(path).is_file() else (path.read_bytes(), "")
+    try:
+        data, _ = read_verified(path, _RECORD_FIX) if sidecar(path).is_file() else (path.read_bytes(), "")
+    except OSError as e:  # a folder or a dangling link named like a record
+        raise BenchError(f"{path}: cannot read it as a cell record ({e.strerror or e}); remove it") from None
     return parse_record(data, str(path), f"; {_RECORD_FIX}")
 
 
@@ -141,16 +145,25 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], list[CellRecord]]:
     file = p / "results.json" if p.is_dir() else p
     if not file.is_file():
         raise BenchError(f"{p}: no such file or directory; pass a run directory or its results.json")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchError(f"{file}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    data = read_json(file, "pass the results.json of a run, or its run directory (`bench report` rewrites it)")
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise BenchError(f"{file}: expected a JSON object with a 'records' list (the results.json of a run)")
     records = [parse_record(r, f"{file}: records[{i}]") for i, r in enumerate(data["records"])]
     return {k: v for k, v in data.items() if k != "records"}, records
+
+
+def read_environment(run_dir: Path) -> dict[str, Any]:
+    """A run's ``environment.json`` (versions, device, git commit, executors); ``{}`` when it has none.
+
+    A damaged one is a one-line ``BenchError``, found before a resumed run trains anything."""
+    path = Path(run_dir) / "environment.json"
+    if not path.exists():
+        return {}
+    fix = "delete it and rerun with --resume, which writes it again"
+    env = read_json(path, fix)
+    if not isinstance(env, dict) or not isinstance(env.get("executors", []), list):
+        raise BenchError(f"{path}: not the JSON object bench writes; {fix}")
+    return env
 
 
 # ----------------------------------------------------------------------------- one writer per run directory
@@ -172,7 +185,11 @@ class RunLock:
         self.took_over: dict[str, Any] | None = None  # the previous owner when its lock was stale
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # a read-only folder, or a folder named like the lock file
+            raise BenchError(f"{self.path}: cannot create the run directory's lock file ({e.strerror or e}); "
+                             "run in a folder you can write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -226,7 +243,7 @@ def _owner(path: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text() or "{}")
         return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # the lock's note is informative only: an unreadable one is no note
         return {}
 
 

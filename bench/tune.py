@@ -45,7 +45,7 @@ from typing import Any, Callable, Literal
 import optuna
 import torch
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from bench.metrics import EVALUATORS  # importing it registers every metric: objectives are looked up by name
 from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite
@@ -53,7 +53,7 @@ from bench.data import Dataset, ValidationOptions, load_dataset, validation_spli
 from bench.errors import BenchError
 from bench.executors import TaskFailure, check_executor, executing, make_executor, output_dir
 from bench.families import FAMILIES
-from bench.io import atomic_write_json, atomic_write_text
+from bench.io import atomic_write_json, atomic_write_text, read_json
 from bench.results import METRICS, CellRecord
 from bench.runner import Cell, fresh_run_dir, resolve_device, run_cell, shared_data, start_run
 from bench.space import BATCH_SIZE, Space, TuningConfig, describe_space, model_space, space_problem, space_to_json
@@ -129,6 +129,9 @@ class Trial:
         return trial_id(self.model, self.number)
 
 
+_TRIAL = TypeAdapter(Trial)
+
+
 def trial_id(model: str, number: int) -> str:
     return f"{model}__t{number:03d}"
 
@@ -152,9 +155,14 @@ class TrialStore:
         out = []
         for p in sorted(self.dir.glob(f"{model}__t[0-9][0-9][0-9].json")):
             try:
-                out.append(Trial(**json.loads(p.read_text())))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise BenchError(f"{p}: not a trial record ({e}); delete it and rerun with --resume") from None
+                out.append(_TRIAL.validate_json(p.read_bytes(), strict=True))  # the types too: a trial is read back
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"]) or "top level"
+                raise BenchError(f"{p}: not a trial record ({where}: {err['msg']}); delete it and rerun with "
+                                 "--resume") from None
+            except OSError as e:
+                raise BenchError(f"{p}: cannot read it ({e.strerror or e}); remove it, then --resume") from None
         return out
 
 
@@ -484,7 +492,8 @@ def tune_suite(
         if run_dir is None or not (run_dir / "plan.json").is_file():
             raise BenchError(f"--resume: no earlier tuning run of suite {cfg.name!r} under {base / 'tuning'}; "
                              f"run without --resume")
-        if json.loads((run_dir / "plan.json").read_text()) != json.loads(json.dumps(plan)):
+        before = read_json(run_dir / "plan.json", "it is the tuning run's protocol; restore it, or run without --resume")
+        if before != json.loads(json.dumps(plan)):
             raise BenchError(f"--resume: {run_dir} was tuned with a different suite or protocol (only --trials may "
                              f"change); start a new run instead")
     elif dry_run:

@@ -16,6 +16,7 @@ training split with a stated seed (``dataset.validation``); its examples never c
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.errors import BenchError
 from bench.registry import Registry, check_class, describe
+from bench.seeds import Seed
 
 Split = Literal["test", "validation"]
+
+# Points farther out than this are refused, in data and in samples: their float32 squared distances overflow to inf
+# (from ~1.8e19), and a k-NN radius of inf never converges in the precision/recall threshold search (it loops forever).
+MAX_POINT = 1e15
+
+
+def bad_points(x: torch.Tensor) -> int:
+    """How many points (rows of ``x``, (N, D)) are NaN, infinite or beyond ``MAX_POINT``: no metric can measure them."""
+    return int((~(x.abs() <= MAX_POINT)).any(1).sum())
 
 
 class ValidationOptions(BaseModel):
@@ -36,7 +47,7 @@ class ValidationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fraction: float = Field(0.1, gt=0, lt=1)  # share of the training split held out
     size: int | None = Field(None, gt=0)  # or exactly this many examples (give size or fraction, not both)
-    seed: int = 0  # seeds the permutation that picks them
+    seed: Seed = 0  # seeds the permutation that picks them
 
     @model_validator(mode="after")
     def _one(self) -> ValidationOptions:
@@ -214,6 +225,8 @@ def check_dataset(ds: object, name: str) -> Dataset:
 
     if ds.kind not in ("image", "points"):
         raise bad(f"kind must be 'image' or 'points', got {ds.kind!r}")
+    if not isinstance(ds.num_classes, numbers.Integral) or ds.num_classes < 0:
+        raise bad(f"num_classes must be a count of classes (0: no labels), got {ds.num_classes!r}")
     for split in ("train", "test"):
         x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
@@ -222,6 +235,8 @@ def check_dataset(ds: object, name: str) -> Dataset:
             raise bad(f"{split}_x must be uint8 images (N, C, H, W) with 1 or 3 channels, got {x.dtype} {tuple(x.shape)}")
         if ds.kind == "points" and (x.dtype != torch.float32 or x.dim() != 2):
             raise bad(f"{split}_x must be float32 points (N, D), got {x.dtype} {tuple(x.shape)}")
+        if ds.kind == "points" and bad_points(x):
+            raise bad(f"{split}_x: {bad_points(x)} points are NaN, infinite or beyond ±{MAX_POINT:g}")
         if y.dtype != torch.int64 or y.shape != (len(x),):
             raise bad(f"{split}_y must be int64 ({len(x)},) labels, got {y.dtype} {tuple(y.shape)}")
         if len(x) == 0:
@@ -232,6 +247,10 @@ def check_dataset(ds: object, name: str) -> Dataset:
             raise bad(f"{split}_y holds labels {int(y.min())}..{int(y.max())}, expected {what}")
     if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
         raise bad(f"train and test examples differ in shape: {tuple(ds.train_x.shape[1:])} vs {tuple(ds.test_x.shape[1:])}")
+    n = len(ds.train_x) + len(ds.test_x)
+    if ds.num_classes > n:  # a label that is no class index (say 10**9): every per-class table would exhaust the memory
+        raise bad(f"num_classes is {ds.num_classes} for {n} examples; labels number the classes 0..K-1, so K is at "
+                  "most the number of examples (renumber them: np.unique(y, return_inverse=True))")
     return ds
 
 

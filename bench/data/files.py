@@ -37,6 +37,7 @@ from pydantic import Field
 from bench.data import Dataset, DatasetOptions, register_dataset
 from bench.errors import BenchError
 from bench.io import read_verified, sha256_bytes, sidecar, write_with_sidecar
+from bench.seeds import Seed
 
 CONVERT_VERSION = "1"  # part of every cache key: bump when a conversion changes
 DEFAULT_TEST_FRACTION = 0.2
@@ -49,7 +50,7 @@ class SplitOptions(DatasetOptions):
     """How bench makes a test split when the data do not come with one."""
 
     test_fraction: float | None = Field(None, gt=0, lt=1)  # share held out as test; None: 0.2 (error if a split is given)
-    split_seed: int = 0  # seeds the permutation that picks the test examples
+    split_seed: Seed = 0  # seeds the permutation that picks the test examples
 
 
 class FolderOptions(SplitOptions):
@@ -193,6 +194,8 @@ def _labels(y: np.ndarray, n: int, where: str, key: str) -> np.ndarray:
         raise BenchError(f"{where}: {key} must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
     if n and int(y.min()) < 0:
         raise BenchError(f"{where}: {key} holds a negative label ({int(y.min())}); labels are 0..K-1")
+    if n and int(y.max()) > np.iinfo(np.int64).max:  # a uint64 label that int64 would wrap to a negative one
+        raise BenchError(f"{where}: {key} holds label {int(y.max())}; labels are 0..K-1")
     return y.astype(np.int64)
 
 
@@ -272,6 +275,13 @@ def _image_files(folder: Path, labels: str) -> tuple[list[Path], list[int], list
     return paths, ys, [d.name for d in dirs] if labels != "none" else []
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # a dangling link, a file removed meanwhile, no permission
+        raise BenchError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def _decode(path: Path, data: bytes, channels: int | None) -> np.ndarray:
     """One image file -> uint8 (C, H, W)."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -284,6 +294,8 @@ def _decode(path: Path, data: bytes, channels: int | None) -> np.ndarray:
                                  "3 (RGB) or 1 (grayscale) to convert every image")
             mode = {1: "L", 3: "RGB"}[channels or NATIVE_MODES[img.mode]]
             arr = np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
+    except Image.DecompressionBombError as e:  # Pillow refuses to decode it: twice its MAX_IMAGE_PIXELS
+        raise BenchError(f"{path}: {str(e).rstrip('.')}; bench reads images of 28-32 px a side") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BenchError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
@@ -324,7 +336,7 @@ def load_folder(options: FolderOptions, cache: Path) -> Dataset:
     """Images from a folder (PNG/JPEG); labels from class subfolders or none; the split given or made."""
     root = Path(options.root).expanduser()
     parts = _folder_layout(root, options.labels)
-    blobs = {k: [p.read_bytes() for p in paths] for k, (paths, _, _) in parts.items()}
+    blobs = {k: [_read(p) for p in paths] for k, (paths, _, _) in parts.items()}
     # content key: every file's relative path and sha256, in order (renaming a class folder changes labels)
     listing = [f"{p.relative_to(root).as_posix()} {sha256_bytes(b)}" for k, (paths, _, _) in parts.items()
                for p, b in zip(paths, blobs[k])]

@@ -25,7 +25,7 @@ from bench.results import Metric, MetricSpec, metric, unavailable
 class ControllabilityOptions(EvaluatorOptions):
     """Conditional sampling and its classification (the suite's ``eval.controllability``)."""
 
-    n_samples: int | None = Field(None, gt=0)  # conditional samples; None: eval.n_samples
+    n_samples: int | None = Field(None, gt=0, le=1_000_000)  # conditional samples; None: eval.n_samples
     batch_size: int = Field(500, gt=0)  # samples per sample() call and per classifier pass
 
 

@@ -106,8 +106,8 @@ def _sq_threshold(r: torch.Tensor) -> torch.Tensor:
     one boundary, within a few ulps of ``r * r``: walk there with ``nextafter``.
     """
     inf = torch.tensor(math.inf, dtype=r.dtype)
-    t = (r * r).where(r >= 0, -inf)
-    live = r >= 0
+    t = (r * r).where(r >= 0, -inf)  # an infinite radius stays inf: every distance passes
+    live = (r >= 0) & torch.isfinite(r)  # nextafter(inf, inf) is inf: an infinite radius would never stop the walk
 
     def ok(s: torch.Tensor) -> torch.Tensor:
         return s.clamp_min(0).sqrt() <= r

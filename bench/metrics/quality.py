@@ -100,7 +100,7 @@ class QualityOptions(EvaluatorOptions):
     feature_spaces: list[FeatureSpace] = ["domain"]  # "inception" is ~7 img/s on a 2-core CPU: GPU suites
     metrics: list[QualityMetric] = list(ALL_METRICS)  # class_coverage means mode coverage on toy2d
     n_reference: int = Field(10_000, ge=2)  # real test-split images used as reference (capped at the split size)
-    kid_subsets: int = Field(100, ge=1)  # KID: number of random subsets (Bińkowski et al.)
+    kid_subsets: int = Field(100, ge=1, le=100_000)  # KID: number of random subsets (Bińkowski et al.)
     kid_subset_size: int = Field(1000, ge=2)  # KID: subset size (capped at the smaller sample count; params say so)
     pr_k: int = Field(3, ge=1)  # precision/recall neighbourhood (Kynkäänniemi et al. 2019)
     dc_k: int = Field(5, ge=1)  # density/coverage neighbourhood (Naeem et al. 2020)
@@ -111,9 +111,9 @@ class QualityOptions(EvaluatorOptions):
     #   bfloat16 Inception on CPUs with AMX / AVX-512-BF16, ~1.5x faster, FID within ~2 % of the exact one: never
     #   compare its numbers with exact or published FIDs (recorded in each inception metric's params)
     class_min_share: float = Field(coverage.MIN_SHARE, gt=0, le=1)  # covered = >= this share of the expected count
-    classifier_score_splits: int = Field(10, ge=1)  # splits of the Inception-Score formula
+    classifier_score_splits: int = Field(10, ge=1, le=10_000)  # splits of the Inception-Score formula
     domain_min_accuracy: float | None = Field(None, gt=0, le=1)  # domain net test-accuracy floor (None: per dataset)
-    seed: int = 2020  # KID subset draws and classifier-score splits (torch-fidelity's default rng_seed)
+    seed: int = Field(2020, ge=0, le=2**32 - 1)  # numpy RandomState's range; KID subset draws and classifier-score splits (torch-fidelity's default rng_seed)
 
     @field_validator("feature_spaces", "metrics")
     @classmethod

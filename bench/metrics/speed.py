@@ -17,8 +17,8 @@ class SpeedOptions(EvaluatorOptions):
     the evaluation samples were generated in at least ``warmup + repeats`` full batches, those timings are used."""
 
     batch_size: int = Field(500, gt=0)  # samples per sample() call (also the batch of evaluation sampling)
-    repeats: int = Field(3, gt=0)  # timed calls at least; the median is reported
-    warmup: int = Field(1, ge=0)  # untimed calls first (allocator, lazy init, cudnn autotune)
+    repeats: int = Field(3, gt=0, le=1000)  # timed calls at least; the median is reported
+    warmup: int = Field(1, ge=0, le=1000)  # untimed calls first (allocator, lazy init, cudnn autotune)
 
 
 def _sync(device: torch.device) -> None:
@@ -88,7 +88,7 @@ register_evaluator("speed", SpeedEvaluator)
 class NFEOptions(EvaluatorOptions):
     """The counted NFE (the suite's ``eval.nfe``): one ``sample(n_samples)`` with forward hooks on the networks."""
 
-    n_samples: int = Field(16, gt=0)  # samples of the counted call (the count per sample does not depend on it)
+    n_samples: int = Field(16, gt=0, le=1_000_000)  # samples of the counted call (the count per sample does not depend on it)
 
 
 class NFEEvaluator(Evaluator):

@@ -1,13 +1,11 @@
 """Derived outputs of a run: results.json, results.csv (tidy) and index.html."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from bench.config import read_run_config
 from bench.io import atomic_write_json, atomic_write_text
-from bench.store import RunStore
+from bench.store import RunStore, read_environment
 
 
 def suite_order(records: list, config: dict) -> list:
@@ -43,10 +41,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     store = RunStore(run_dir)
     records = store.records()
-    cfg_path = run_dir / "suite.yaml"
-    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
-    env_path = run_dir / "environment.json"
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    config, env = read_run_config(run_dir), read_environment(run_dir)  # checked: a run directory may come from elsewhere
     records = suite_order(records, config)
     meta = {"suite": config.get("name") or (records[0].suite if records else ""), "run_id": run_dir.name,
             "config": config, "environment": env}
@@ -54,7 +49,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     atomic_write_json(out["json"], {**meta, "records": [r.to_dict() for r in records]})
     atomic_write_text(out["csv"], tables.tidy(records).to_csv(index=False))
     real = log_density = None
-    if config.get("dataset", {}).get("name") == "toy2d":
+    if (config.get("dataset") or {}).get("name") == "toy2d":
         import torch
 
         from bench.data import load_dataset

@@ -26,7 +26,8 @@ import optuna
 import pandas as pd
 from scipy.stats import spearmanr
 
-from bench.io import atomic_write_json, atomic_write_text
+from bench.errors import BenchError
+from bench.io import atomic_write_json, atomic_write_text, read_json
 from bench.report.plots import _png, plt
 from bench.space import BATCH_SIZE, Categorical, space_from_json
 from bench.tune import Trial, best_trial, chosen_settings
@@ -176,13 +177,15 @@ With a dozen trials both are rough.</p>
 def write_tuning_report(run_dir: Path, plan: dict[str, Any], results: dict[str, list[Trial]],
                         n_trials: int) -> dict[str, Path]:
     """(Re)write tuning.json, tuning.csv and tuning.html from the trials."""
-    import json
-
     run_dir = Path(run_dir)
     direction = plan["direction"]
     tuning = plan["tuning"]
     summaries = [summarize(m, results[m], plan["models"][m], direction) for m in plan["models"] if results.get(m)]
-    validation = json.loads((run_dir / "validation.json").read_text())
+    validation = read_json(run_dir / "validation.json", "it records the tuning run's validation split: restore it, or "
+                           "tune again in a new run")
+    if not isinstance(validation, dict) or not {"n_validation", "n_fit_used"} <= set(validation):
+        raise BenchError(f"{run_dir / 'validation.json'}: not the validation split bench writes; restore it, or tune "
+                         "again in a new run")
     arrow = "lower is better" if direction == "minimize" else "higher is better"
     meta = {"suite": plan["suite"]["name"], "run_id": run_dir.name, "trials": n_trials, "sampler": tuning["sampler"],
             "seed": tuning["seed"], "objective": tuning["objective"], "direction": direction, "arrow": arrow,
