@@ -18,6 +18,7 @@ seeds would be noisy.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +66,11 @@ def sweep_problem(cls: type[GenerativeModel], options: dict[str, Any],
             return (key,), f"a value appears twice in {values}"
         for j, v in enumerate(values):
             try:
-                cls.Options(**{**options, key: v})
+                value = getattr(cls.Options(**{**options, key: v}), key)
             except ValidationError as e:
                 return (key, j), f"{v!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+            if isinstance(value, float) and not math.isfinite(value):  # pydantic turns the text 'inf' into a float
+                return (key, j), f"{v!r} is not a finite number; no suite field takes NaN or infinity"
     points = grid(sweep)
     if len(points) > MAX_POINTS:
         return (), f"{len(points)} grid points; at most {MAX_POINTS}"

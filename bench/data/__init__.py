@@ -32,7 +32,8 @@ from bench.seeds import Seed
 Split = Literal["test", "validation"]
 
 # Points farther out than this are refused, in data and in samples: their float32 squared distances overflow to inf
-# (from ~1.8e19), and a k-NN radius of inf never converges in the precision/recall threshold search (it loops forever).
+# (from ~1.8e19), so every distance-based metric of them (FID, KID, precision/recall, density/coverage) is NaN or
+# meaningless. (Such radii once also hung the precision/recall threshold search; ``fast._sq_threshold`` now stops.)
 MAX_POINT = 1e15
 
 
