@@ -202,8 +202,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if not (args.run_dir / "records").is_dir():
             raise BenchError(f"{args.run_dir}: not a run directory (no records/)")
+        from bench.store import describe_owner, lock_holder
+
+        # no lock taken: records are written whole (atomic renames), so a report of a run in progress is a
+        # consistent view of its finished cells, and the run's own report replaces it when the run ends
+        holder = lock_holder(args.run_dir)
         out = write_report(args.run_dir)
         print(f"wrote {out['html']}, {out['csv']}, {out['json']}")
+        if holder is not None:
+            print(f"note: {args.run_dir} is still being written ({describe_owner(holder)}): the report shows the "
+                  "cells finished so far; the run rewrites it when it ends", file=sys.stderr)
         return 0
     if args.cmd == "evaluate":
         return _cmd_evaluate(args)

@@ -44,12 +44,13 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from bench.errors import BenchError
 from bench.metrics import EVALUATORS  # noqa: F401  (registers the built-in evaluators' metric metadata)
 from bench.metrics.base import is_machine_dependent
 from bench.results import METRICS, CellRecord
+from bench.schema import Checked
 from bench.io import atomic_write_json
 from bench.store import load_results
 
@@ -71,7 +72,7 @@ BIGGER_FILE = "bench-bigger.json"
 # ----------------------------------------------------------------------------- options
 
 
-class Tolerance(BaseModel):
+class Tolerance(Checked):
     """How large a change must be before it counts: ``|delta| > abs + rel * |baseline|``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -79,7 +80,7 @@ class Tolerance(BaseModel):
     rel: float = Field(0.0, ge=0.0)  # relative slack, as a fraction of |baseline| (0.05 = 5%)
 
 
-class CompareOptions(BaseModel):
+class CompareOptions(Checked):
     """The ``compare:`` section of a suite (STYLE.md #5: one typed object, unknown keys are errors).
 
     Defaults and why:

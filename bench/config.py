@@ -11,6 +11,7 @@ Family options and dataset options are validated by the family's / dataset's own
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -25,12 +26,13 @@ from bench.errors import BenchError
 
 from bench.compare import CompareOptions
 from bench.metrics import EVALUATORS, Evaluator, EvaluatorOptions
+from bench.schema import Checked
 from bench.seeds import seeds_problem
 from bench.space import ModelTuning, TuningConfig, space_problem
 from bench.sweep import sweep_problem
 
 
-class _Strict(BaseModel):
+class _Strict(Checked):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no field means anything at NaN/inf
 
 
@@ -68,7 +70,7 @@ class Budget(_Strict):
         return f"{value:g}{'s' if unit == 'seconds' else unit}"
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(Checked):
     """What is measured after training. ``metrics`` names registered evaluators (``bench list``); each
     evaluator's options sit in a block under its own name (``quality: {...}``, ``speed: {...}``), checked
     against its ``Options`` model; any other key is an error. The rest are settings shared by the harness."""
@@ -95,7 +97,7 @@ class EvalConfig(BaseModel):
         return [cls(self.options(name)) for name, cls in EVALUATORS.in_order() if cls.always or name in self.metrics]
 
 
-class DatasetConfig(BaseModel):
+class DatasetConfig(Checked):
     """``dataset: mnist`` or ``dataset: {name: mnist, <dataset options>}``."""
 
     model_config = ConfigDict(extra="allow")  # the rest is the dataset's own options, checked against its Options model
@@ -312,9 +314,14 @@ _SuiteLoader.add_constructor("tag:yaml.org,2002:timestamp", _SuiteLoader.constru
 for _tag in ("binary", "omap", "pairs", "set"):
     _SuiteLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _SuiteLoader.refuse_tag)
 _SuiteLoader.add_constructor(None, _SuiteLoader.refuse_tag)  # !!python/object/apply:..., !custom, ...
+# YAML 1.1, which PyYAML implements, reads 1e-3 and 1E5 as text (its floats need a dot); YAML 1.2 and every
+# reader of a suite read numbers. Without this, `lr: 1e-3` reached the schema as the text '1e-3'.
+_SuiteLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
 
 
-def _yaml_document(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+def yaml_document(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """The one YAML document in ``text`` as plain values, and its node tree (for line numbers)."""
     loader = None
     try:
@@ -416,7 +423,7 @@ def parse_suite(text: str, source: str = "<suite>") -> SuiteConfig:
     Every problem a file can have (bad YAML, a key given twice, a Python tag, an alias bomb, nesting
     past ``MAX_DEPTH``, a wrong field) is a one-line ``BenchError`` naming the file and line.
     """
-    raw, node = _yaml_document(text, source)
+    raw, node = yaml_document(text, source)
     if not isinstance(raw, dict):
         raise BenchError(f"{source}:1: a suite is a YAML mapping with keys name, dataset, budget, models, ...")
     lines = _line_map(node) if node is not None else {}
@@ -588,7 +595,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     fix = "it is the resolved suite bench wrote at the start of the run: restore it (or start a new run)"
     if not p.is_file():
         raise BenchError(f"{p}: not a regular file; {fix}")
-    raw, _ = _yaml_document(_read_text(p), str(p))
+    raw, _ = yaml_document(_read_text(p), str(p))
     if not isinstance(raw, dict):
         raise BenchError(f"{p}: not a suite (a YAML mapping); {fix}")
     for key, kind in _RUN_CONFIG_SHAPE.items():

@@ -22,10 +22,11 @@ import math
 from typing import TYPE_CHECKING, Any, ContextManager, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import ConfigDict, Field, model_serializer
 from torch import nn
 
 from bench.errors import BenchError
+from bench.schema import Checked
 
 if TYPE_CHECKING:
     from bench.families.base import GenerativeModel
@@ -34,7 +35,7 @@ Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Schedule = Literal["constant", "cosine"]
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(Checked):
     """How the engine trains one model: the family's ``train_defaults``, overridden by the suite's
     ``train:`` and then by the model's own ``train:`` (only the keys each one sets)."""
 

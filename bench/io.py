@@ -114,7 +114,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise BenchError(f"cannot write {path}: {e.strerror or e}; files written before it are intact "
-                         "(free space or fix permissions, then rerun with --resume)") from None
+                         "(free space or fix permissions, then run the command again: with --resume, a run or a tuning "
+                         "continues where it stopped)") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

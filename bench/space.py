@@ -27,10 +27,11 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal, Union
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from bench.seeds import Seed
+from bench.schema import Checked, no_type_guessing
 
 _STRICT = ConfigDict(extra="forbid")
 MAX_TRIALS = 10_000  # trials per model: far beyond any tuning budget; a typo of 1e20 would never finish
@@ -43,6 +44,8 @@ FLOAT_DIGITS = 3  # proposed floats are rounded to 3 significant digits, so a tu
 @dataclass(frozen=True, config=_STRICT)
 class Float:
     """A real in [low, high]; ``log``: uniform in log space (learning rates, weights spanning decades)."""
+
+    _no_type_guessing = no_type_guessing("low", "high", "log")  # not "type", the discriminator
 
     low: float
     high: float
@@ -71,6 +74,8 @@ class Float:
 class Int:
     """An integer in [low, high] (both included); ``log``: uniform in log space (widths, latent sizes)."""
 
+    _no_type_guessing = no_type_guessing("low", "high", "log")  # not "type", the discriminator
+
     low: int
     high: int
     log: bool = False
@@ -95,6 +100,8 @@ class Int:
 @dataclass(frozen=True, config=_STRICT)
 class Categorical:
     """One of a few listed values (architectures, losses, batch sizes)."""
+
+    _no_type_guessing = no_type_guessing("choices")
 
     choices: list[Scalar]
     type: Literal["categorical"] = "categorical"
@@ -133,7 +140,7 @@ _SPACE: TypeAdapter[Space] = TypeAdapter(dict[str, Param])
 # ------------------------------------------------------------------------------ the suite's schema
 
 
-class ValidationSplitConfig(BaseModel):
+class ValidationSplitConfig(Checked):
     """The held-out part of the *training* split that trials are scored on (never the test split)."""
 
     model_config = _STRICT
@@ -141,7 +148,7 @@ class ValidationSplitConfig(BaseModel):
     seed: Seed = 0  # which examples are held out
 
 
-class ModelTuning(BaseModel):
+class ModelTuning(Checked):
     """``models[i].tune``: this model's changes to its family's search space."""
 
     model_config = _STRICT
@@ -149,7 +156,7 @@ class ModelTuning(BaseModel):
     space: dict[str, Param | None] = {}  # add or replace a parameter; null drops one from the family's space
 
 
-class TuningConfig(BaseModel):
+class TuningConfig(Checked):
     """The suite's ``tuning:`` block: one protocol, the same number of trials for every model."""
 
     model_config = _STRICT
@@ -204,7 +211,7 @@ def space_problem(cls: type, options: dict[str, Any], tune: ModelTuning | None,
             try:
                 cls.Options(**{**options, k: v})
             except ValidationError as e:
-                return k, f"value {v!r} is not a valid {k}: {e.errors()[0]['msg']}"
+                return k, f"value {v!r} is not a valid {k}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
     return None
 
 

@@ -48,7 +48,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from bench.metrics import EVALUATORS  # importing it registers every metric: objectives are looked up by name
-from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite
+from bench.config import Budget, ExecutorConfig, ModelConfig, SuiteConfig, parse_suite, yaml_document
 from bench.data import Dataset, ValidationOptions, load_dataset, validation_split
 from bench.errors import BenchError
 from bench.executors import TaskFailure, check_executor, executing, make_executor, output_dir
@@ -597,7 +597,7 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
     the file. The result is parsed back and checked against what was meant.
     """
     text = suite_path.read_text()
-    raw = yaml.safe_load(text)
+    raw = yaml_document(text, str(suite_path))[0]  # the reader parse_suite uses: 1e-3 is a number there
     root = yaml.compose(text)
     items = next(v for k, v in root.value if k.value == "models").value  # the models: sequence's nodes
     direction = plan["direction"]

@@ -125,9 +125,32 @@ BAD_SUITES = [
     (HEAD + MODEL + "eval: {quality: {seed: -1}}\n", "eval.quality.seed: Input should be greater than or equal to 0"),
     (HEAD + MODEL + "eval: {quality: {kid_subsets: 100000000}}\n", "eval.quality.kid_subsets: Input should be less"),
     (HEAD + MODEL + "eval: {speed: {repeats: 100000000}}\n", "eval.speed.repeats: Input should be less"),
+    # pydantic's lax mode guessed these (bench.schema): true trained with batches of one, '64' became 64, 1 or
+    # 'yes' switched a layer on
+    (HEAD + MODEL + "batch_size: true\n", "s.yaml:6: batch_size: expected a number, got the boolean true"),
+    (HEAD + MODEL + "batch_size: '64'\n", "batch_size: expected a number, got the text '64' (write it without quotes)"),
+    (HEAD + MODEL + "seeds: [0, true]\n", "seeds: item 1: expected a number, got the boolean true"),
+    (HEAD + MODEL + "threads: false\n", "threads: expected a number, got the boolean false"),
+    (HEAD + MODEL + "eval: {n_samples: true}\n", "eval.n_samples: expected a number, got the boolean true"),
+    (HEAD + MODEL + "eval: {metrics: [quality], quality: {n_reference: '5'}}\n",
+     "eval.quality.n_reference: expected a number, got the text '5'"),
+    (HEAD + "models:\n  - {name: m, family: gan, options: {minibatch_std: 1}}\n",
+     "models[0].options.minibatch_std: expected true or false, got the number 1"),
+    (HEAD + "models:\n  - {name: m, family: gan, options: {minibatch_std: 'yes'}}\n",
+     "models[0].options.minibatch_std: expected true or false, got the text 'yes'"),
+    (HEAD + "models:\n  - {name: m, family: gan, options: {betas: [0.5, true]}}\n",
+     "models[0].options.betas: item 1: expected a number, got the boolean true"),
+    (HEAD + "models:\n  - {name: m, family: vae, options: {lr: '1e-3'}}\n",
+     "models[0].options.lr: expected a number, got the text '1e-3' (write it without quotes)"),
+    (HEAD + "models:\n  - {name: m, family: vae, train: {grad_clip: true}}\n",
+     "models[0].train.grad_clip: expected a number, got the boolean true"),
+    (HEAD + "models:\n  - {name: m, family: vae, tune: {space: {lr: {type: float, low: 1e-4, high: 1e-2, log: 1}}}}\n",
+     "models[0].tune.space.lr.float.log: expected true or false, got the number 1"),
+    (HEAD + "compare: {default: {abs: true}}\n" + MODEL, "compare.default.abs: expected a number, got the boolean true"),
+    (HEAD + "models:\n  - {name: m, family: vae, options: {lr: many}}\n", "models[0].options.lr: Input should be a valid"),
     # passed already; kept so that they keep passing
-    (HEAD + MODEL + "batch_size: 1e309\n", "s.yaml:6: batch_size: Input should be a valid integer"),
-    (HEAD.replace("steps: 5", "seconds: 1e309") + MODEL, "s.yaml:3: budget.seconds: Input should be a finite number"),
+    (HEAD + MODEL + "batch_size: 1e309\n", "s.yaml:6: not valid YAML: '1e309' is not a finite number"),
+    (HEAD.replace("steps: 5", "seconds: 1e309") + MODEL, "s.yaml:3: not valid YAML: '1e309' is not a finite number"),
     (HEAD + MODEL + "eval: {n_samples: 0}\n", "eval.n_samples: Input should be greater than 0"),
     (HEAD + MODEL + "batch_size: 0\n", "batch_size: Input should be greater than 0"),
     (HEAD + MODEL + "seeds: []\n", "seeds: List should have at least 1 item"),
@@ -480,3 +503,17 @@ def test_an_infinite_radius_ends_the_exact_threshold_walk():
     t = _sq_threshold(r)
     assert t[0] == math.inf and t[2] == -math.inf and t[3] == -math.inf
     assert t[1].sqrt() <= 2.0 < torch.nextafter(t[1], torch.tensor(math.inf)).sqrt()  # in float32, as the walk
+
+
+@pytest.mark.parametrize("written,value", [("1e-3", 1e-3), ("1E5", 1e5), ("+2.5e-1", 0.25), ("1.e2", 100.0)])
+def test_exponent_numbers_are_numbers(written, value):
+    """YAML 1.1 (PyYAML) reads 1e-3 as text, which pydantic then turned into a number and now would refuse;
+    a suite reads it as YAML 1.2 and every person does."""
+    cfg = parse_suite(HEAD + f"models:\n  - {{name: m, family: vae, train: {{grad_clip: {written}}}}}\n", "s.yaml")
+    got = cfg.models[0].train.grad_clip
+    assert got == value and type(got) is type(value)
+
+
+def test_whole_floats_still_count_for_integers():
+    """Only guesses are refused: 10.0 steps is 10 steps (an existing suite may say so)."""
+    assert parse_suite(HEAD.replace("steps: 5", "steps: 5.0") + MODEL, "s.yaml").budget.steps == 5

@@ -76,6 +76,22 @@ def test_a_live_run_directory_is_refused_with_the_other_process_named(suite, tmp
     assert [r.cell_id for r in RunStore(run_dir).records()] == ["nb__seed0"]
 
 
+def test_report_of_a_run_in_progress_says_so(suite, tmp_path, capsys):
+    """``bench report`` takes no lock (records are whole files, so it shows the finished cells) and says that
+    the run is still going; before, nothing told the reader that the report was partial."""
+    out = run_suite(load_suite(suite), suite, out=tmp_path / "run", quiet=True, only=["nb"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["report", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert f"is still being written (pid {holder.pid} on host" in err and "cells finished so far" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["report", str(out)]) == 0 and "still being written" not in capsys.readouterr().err
+
+
 def test_stale_lock_takeover_is_reported(suite, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -168,7 +184,8 @@ def test_a_full_disk_leaves_earlier_records_intact(suite, tmp_path, monkeypatch)
     with pytest.raises(BenchError) as e:
         run_suite(load_suite(suite), suite, out=out, quiet=True)
     assert str(e.value) == f"cannot write {out / 'records' / 'vae__seed0.json'}: No space left on device; files " \
-        "written before it are intact (free space or fix permissions, then rerun with --resume)"
+        "written before it are intact (free space or fix permissions, then run the command again: with --resume, a " \
+        "run or a tuning continues where it stopped)"
     assert [r.cell_id for r in RunStore(out).records()] == ["nb__seed0"]
     assert not list(out.rglob("*.tmp"))
     monkeypatch.undo()  # space freed: resume finishes the run

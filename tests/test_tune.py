@@ -297,7 +297,7 @@ def test_tuned_suite_keeps_comments_and_style(tmp_path):
         dataset: digits
         budget: {steps: 5}
         models:
-          - {name: a, family: vae, options: {width: 8}}   # a comment of its own
+          - {name: a, family: vae, options: {width: 8, lr: 1e-3}}   # a comment of its own
           - {name: b, family: vae}
           - name: c       # block style
             family: vae
@@ -315,14 +315,15 @@ def test_tuned_suite_keeps_comments_and_style(tmp_path):
         return [Trial(m, "vae", 0, "defaults", {}, "ok", "fid_domain", 9.0),
                 Trial(m, "vae", 1, "sampler", params, "ok", "fid_domain", 1.0)]
 
-    results = {"a": t("a", {"lr": 0.002, "width": 16}), "b": t("b", {"lr": 0.0005, BATCH_SIZE: 64}),
+    results = {"a": t("a", {"width": 16}), "b": t("b", {"lr": 0.0005, BATCH_SIZE: 64}),
                "c": t("c", {"lr": 0.003, BATCH_SIZE: 16})}
     dest = write_tuned_suite(suite, tmp_path / "tuned.yaml", tmp_path / "run", plan, results, 2)
     text = dest.read_text()
     for keep in ("# the main job", "# a comment of its own", "# block style", "# the end",
                  "- {name: untouched, family: naive_bayes}\n"):
         assert keep in text
-    assert "- {name: a, family: vae, options: {width: 16, lr: 0.002}}   # a comment of its own" in text
+    # 1e-3 is a number, as parse_suite reads it (PyYAML alone reads text): written back as one
+    assert "- {name: a, family: vae, options: {width: 16, lr: 0.001}}   # a comment of its own" in text
     assert "- {name: b, family: vae, options: {lr: 0.0005}, batch_size: 64}  # tuned: trial 1 of 2" in text
     models = {m["name"]: m for m in yaml.safe_load(text)["models"]}
     assert models["c"]["options"] == {"width": 8, "lr": 0.003} and models["c"]["batch_size"] == 16

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import BenchError
 from bench.registry import Registry, check_class, describe
+from bench.schema import Checked
 from bench.seeds import Seed
 
 Split = Literal["test", "validation"]
@@ -42,7 +43,7 @@ def bad_points(x: torch.Tensor) -> int:
     return int((~(x.abs() <= MAX_POINT)).any(1).sum())
 
 
-class ValidationOptions(BaseModel):
+class ValidationOptions(Checked):
     """How a validation split is carved out of the training split (only when one is asked for: tuning)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,7 +58,7 @@ class ValidationOptions(BaseModel):
         return self
 
 
-class DatasetOptions(BaseModel):
+class DatasetOptions(Checked):
     """Options every dataset accepts. Loaders subclass this."""
 
     model_config = ConfigDict(extra="forbid")

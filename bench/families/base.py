@@ -105,12 +105,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 from torch import nn
 
 from bench.engine import TrainSettings
 from bench.errors import BenchError
 from bench.registry import Registry, check_class, describe
+from bench.schema import Checked
 from bench.space import Space
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ if TYPE_CHECKING:
 LikelihoodKind = Literal["exact", "lower_bound", "estimate", "none"]
 
 
-class FamilyOptions(BaseModel):
+class FamilyOptions(Checked):
     """Options of a family, validated from the suite's ``options:`` (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid")

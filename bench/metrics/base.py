@@ -56,11 +56,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from bench.errors import BenchError
 from bench.registry import Registry, check_class
 from bench.results import METRICS, Metric, MetricRole, MetricSpec, register_metric, unavailable
+from bench.schema import Checked
 
 if TYPE_CHECKING:
     from bench.config import EvalConfig
@@ -82,7 +83,7 @@ def eval_generator(device: torch.device, seed: int, stream: int) -> torch.Genera
     return torch.Generator(device=device).manual_seed(1_000_003 * stream + seed)
 
 
-class EvaluatorOptions(BaseModel):
+class EvaluatorOptions(Checked):
     """Options of an evaluator, validated from the suite's ``eval.<name>`` block (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid")
