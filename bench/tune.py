@@ -626,9 +626,11 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
                 inserted += f"{sep}{key}: {_flow(value)}"
         if inserted:
             edits.append((after, after, inserted))
-        eol = text.find("\n", node.start_mark.index)
-        eol = len(text) if eol < 0 else eol
-        if "#" not in text[node.start_mark.index:eol]:
+        line_start, eol = node.start_mark.index, _line_end(text, node.start_mark.index)
+        for start, end, _ in sorted(e for e in edits if node.start_mark.index <= e[0]):
+            if start < eol < end:  # the first line ends inside a rewritten value (an entry over several
+                line_start, eol = end, _line_end(text, end)  # lines): the comment goes after that value
+        if "#" not in text[line_start:eol]:
             n_ok = sum(t.state == "ok" for t in trials)
             edits.append((eol, eol, f"  # tuned: trial {best.number} of {len(trials)} ({n_ok} scored), "
                                     f"{best.objective} {best.value:.4g} on validation"))
@@ -647,6 +649,11 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
             raise AssertionError(f"tuned suite: {m.name} did not round-trip: {(m.options, m.batch_size)} != {expected[m.name]}")
     atomic_write_text(dest, text)
     return dest
+
+
+def _line_end(text: str, index: int) -> int:
+    eol = text.find("\n", index)
+    return len(text) if eol < 0 else eol
 
 
 def _trimmed_end(text: str, node: yaml.Node) -> int:

@@ -304,19 +304,22 @@ def test_tuned_suite_keeps_comments_and_style(tmp_path):
             batch_size: 32
             options:
               width: 8
+          - {name: d, family: vae, options: {width: 8,
+             latent_dim: 4}, batch_size: 32,
+             seeds: [0]}
           - {name: untouched, family: naive_bayes}
         # the end
         """).lstrip())
     plan = {"direction": "minimize", "tuning": {"sampler": "tpe", "seed": 0, "objective": "fid_domain",
                                                   "validation": {"fraction": 0.1}},
-            "models": {m: {"batch_size": 32 if m == "c" else 128} for m in "abc"}}
+            "models": {m: {"batch_size": 32 if m in "cd" else 128} for m in "abcd"}}
 
     def t(m, params):
         return [Trial(m, "vae", 0, "defaults", {}, "ok", "fid_domain", 9.0),
                 Trial(m, "vae", 1, "sampler", params, "ok", "fid_domain", 1.0)]
 
     results = {"a": t("a", {"width": 16}), "b": t("b", {"lr": 0.0005, BATCH_SIZE: 64}),
-               "c": t("c", {"lr": 0.003, BATCH_SIZE: 16})}
+               "c": t("c", {"lr": 0.003, BATCH_SIZE: 16}), "d": t("d", {"lr": 0.001})}
     dest = write_tuned_suite(suite, tmp_path / "tuned.yaml", tmp_path / "run", plan, results, 2)
     text = dest.read_text()
     for keep in ("# the main job", "# a comment of its own", "# block style", "# the end",
@@ -328,6 +331,9 @@ def test_tuned_suite_keeps_comments_and_style(tmp_path):
     models = {m["name"]: m for m in yaml.safe_load(text)["models"]}
     assert models["c"]["options"] == {"width": 8, "lr": 0.003} and models["c"]["batch_size"] == 16
     assert models["untouched"] == {"name": "untouched", "family": "naive_bayes"}
+    # an entry over several lines: the comment went inside the value being rewritten (the file did not parse)
+    assert models["d"]["options"] == {"width": 8, "latent_dim": 4, "lr": 0.001} and models["d"]["seeds"] == [0]
+    assert "options: {width: 8, latent_dim: 4, lr: 0.001}, batch_size: 32,  # tuned: trial 1 of 2" in text
 
 
 def test_sensitivity_names_the_parameter_that_matters():
