@@ -614,7 +614,8 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
         expected[entry["name"]] = (options, batch_size)
         keys = {k.value: (k, v) for k, v in node.value}
         sep = ", " if node.flow_style else "\n" + " " * node.value[0][0].start_mark.column
-        after = _trimmed_end(text, keys["family"][1])  # new keys go right after family's value
+        # new keys go right after family's value, or after the last key's where family comes from a merge key
+        after = _trimmed_end(text, keys["family"][1] if "family" in keys else node.value[-1][1])
         inserted = ""
         for key, value in (("options", options), ("batch_size", batch_size)):
             if key not in chosen:
@@ -643,10 +644,20 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
               f"tuned model's chosen settings are filled in below;\n# the report is {run_dir / 'tuning.html'}. "
               f"Relative paths are as in {suite_path}: keep this file beside it.\n")
     text = header + text
-    check = parse_suite(text, str(dest))
-    for m in check.models:
-        if m.name in expected and (m.options, m.batch_size) != expected[m.name]:
-            raise AssertionError(f"tuned suite: {m.name} did not round-trip: {(m.options, m.batch_size)} != {expected[m.name]}")
+    # Read back: a tuned model has its winner, every other is as it was. Text shared through a YAML anchor and
+    # alias defeats editing by position (an edited value drops its anchor, or changes the entries aliasing it)
+    fix = (f"the tuning itself is in {run_dir / 'tuning.json'}; fill in the chosen settings by hand: "
+           + "; ".join(f"{n}: options {o}, batch_size {b}" for n, (o, b) in expected.items()))
+    before = {m.name: (m.options, m.batch_size) for m in parse_suite(suite_path.read_text(), str(suite_path)).models}
+    try:
+        check = {m.name: (m.options, m.batch_size) for m in parse_suite(text, str(dest)).models}
+    except BenchError as e:
+        raise BenchError(f"cannot write {dest}: the edited suite does not read back ({e}; a YAML alias of an "
+                         f"edited value?); {fix}") from None
+    for name, settings in check.items():
+        if settings != expected.get(name, before.get(name)):
+            raise BenchError(f"cannot write {dest}: editing the suite's text would also change {name}'s settings "
+                             f"(entries that share text through a YAML alias); {fix}")
     atomic_write_text(dest, text)
     return dest
 

@@ -361,3 +361,33 @@ def test_the_simple_vae_a_user_tries_first_is_in_the_vae_search_space():
                   {"arch": "conv", "decoder": "logistic", "width": 32, "latent_dim": 16, "lr": 1e-3, BATCH_SIZE: 128}):
         for k, v in point.items():
             assert space[k].contains(v), (k, v)
+
+
+def _tune_one(tmp_path, models_text):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ndataset: digits\nbudget: {steps: 5}\nmodels:\n" + models_text)
+    plan = {"direction": "minimize", "tuning": {"sampler": "tpe", "seed": 0, "objective": "fid_domain",
+                                                  "validation": {"fraction": 0.1}}, "models": {"a": {"batch_size": 128}}}
+    results = {"a": [Trial("a", "vae", 0, "defaults", {}, "ok", "fid_domain", 9.0),
+                     Trial("a", "vae", 1, "sampler", {"lr": 0.002}, "ok", "fid_domain", 1.0)]}
+    return write_tuned_suite(suite, tmp_path / "tuned.yaml", tmp_path / "run", plan, results, 2)
+
+
+def test_tuned_suite_of_an_entry_built_with_a_merge_key(tmp_path):
+    """``<<: *d`` brings family from another entry: the new keys had no family: to follow (KeyError)."""
+    dest = _tune_one(tmp_path, "  - &d {name: z, family: vae, options: {width: 8}}\n  - {<<: *d, name: a}\n")
+    models = {m.name: m for m in load_suite(dest).models}
+    assert models["a"].options == {"width": 8, "lr": 0.002} and models["z"].options == {"width": 8}
+
+
+@pytest.mark.parametrize("models_text", [
+    "  - &d {name: a, family: vae, options: {width: 8}}\n  - {<<: *d, name: z}\n",  # z would change with a
+    "  - {name: a, family: vae, options: &o {width: 8}}\n  - {name: z, family: vae, options: *o}\n",  # anchor lost
+])
+def test_tuned_suite_refuses_edits_that_reach_other_entries(tmp_path, models_text):
+    with pytest.raises(BenchError) as e:
+        _tune_one(tmp_path, models_text)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {tmp_path / 'tuned.yaml'}: ") and "\n" not in msg
+    assert "fill in the chosen settings by hand: a: options {'width': 8, 'lr': 0.002}, batch_size None" in msg
+    assert not (tmp_path / "tuned.yaml").exists()
