@@ -15,6 +15,13 @@ what and why. None of the published code is imported or copied.
   dcgan          eriklindernoren/PyTorch-GAN implementations/dcgan/dcgan.py at img_size 28 (generator from
                  7x7 = img_size // 4), latent 100, Adam 2e-4 betas (0.5, 0.999), batch 64, its
                  weights_init_normal, BCE losses, one G then one D update per batch; data in [-1, 1].
+  cgan           eriklindernoren/PyTorch-GAN implementations/cgan/cgan.py (Mirza & Osindero's conditional GAN)
+                 at img_size 28: G an MLP on [label embedding (10), z (100)] 128-256-512-1024-784 (LeakyReLU .2,
+                 BatchNorm(eps .8) from the second layer, tanh); D an MLP on [image, label embedding (10)]
+                 512-512-512-1 (Dropout .4 on the two middle layers); least-squares (MSE) losses, Adam 2e-4
+                 betas (0.5, 0.999), batch 64, G on fresh z and uniform labels then D; data in [-1, 1].
+                 Scored as bench scores a conditional model: labels drawn from the training class frequencies,
+                 plus controllability (the domain classifier's share of samples in the requested class).
   ddpm           cloneofsimo/minDiffusion superminddpm.py (the repository has no train_mnist.py; its MNIST
                  script is superminddpm.py): the 7-layer 7x7 conv eps-model 64-128-256-512-256-128-64 with
                  BatchNorm, no time input; n_T 1000, linear betas 1e-4..0.02, MSE on eps, Adam 2e-4,
@@ -88,6 +95,8 @@ from bench.config import load_suite  # noqa: E402
 from bench.data import Dataset, load_dataset  # noqa: E402
 from bench.evaluate import to_uint8  # noqa: E402
 from bench.io import atomic_write_json  # noqa: E402
+from bench.metrics.controllability import controllability  # noqa: E402
+from bench.metrics.fidelity import domain_extractor  # noqa: E402
 from bench.metrics.quality import QualityOptions, evaluate_quality  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +116,7 @@ class Reference:
     settings: ClassVar[str]  # what was reproduced, in one line
     batch_size: ClassVar[int]
     drop_last: ClassVar[bool] = False  # the reference's DataLoader drops the last partial batch
+    conditional: ClassVar[bool] = False  # trains on (image, label) and samples given labels (``sample(n, y)``)
 
     def train_step(self, x: torch.Tensor) -> float:
         """One optimiser step on a batch ``x`` (B, 1, 28, 28) in [0, 1]; returns the reference's loss."""
@@ -261,6 +271,79 @@ class DCGAN(Reference):
     def sample(self, n: int) -> torch.Tensor:
         self.G.train()  # the reference never switches to eval: its images come from batch statistics
         out = [self.generate(torch.randn(min(64, n - i), self.latent_dim)) for i in range(0, n, 64)]
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+    def nfe_per_sample(self) -> float:
+        return 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cgan: eriklindernoren/PyTorch-GAN implementations/cgan/cgan.py
+
+
+class CGAN(Reference):
+    """eriklindernoren/PyTorch-GAN implementations/cgan/cgan.py (@022e6aa) at ``--img_size 28``.
+
+    The published default is ``--img_size 32`` (MNIST resized); bench scores 28x28 images, so the MLPs end in
+    784 units (the script's own ``img_size 28`` path). The noise and labels are drawn with torch instead of
+    the reference's unseeded ``np.random``. Sampling labels follow the training class frequencies (bench's
+    protocol for every conditional model; MNIST's are 9.0-11.2 %, near the reference's uniform draw).
+    """
+
+    source = "eriklindernoren/PyTorch-GAN implementations/cgan/cgan.py @022e6aa27deb"
+    settings = ("img_size 28; G: MLP on [emb(10), z(100)] 128-256-512-1024-784, LReLU .2, BN(eps .8) on 2-4, tanh; "
+                "D: MLP on [x, emb(10)] 512-512-512-1, Dropout .4 on 2-3; MSE (LSGAN) losses; Adam 2e-4 betas "
+                "(0.5, 0.999); batch 64; G on fresh z and uniform labels, then D; data (x - .5) / .5; samples from G "
+                "in train mode (batches of 64) as the reference makes its images, labels from the class frequencies")
+    batch_size = 64
+    latent_dim = 100
+    n_classes = 10
+    conditional = True
+
+    def __init__(self) -> None:
+        def block(c_in: int, c_out: int, normalize: bool = True) -> list[nn.Module]:
+            return [nn.Linear(c_in, c_out), *([nn.BatchNorm1d(c_out, 0.8)] if normalize else []), nn.LeakyReLU(0.2)]
+
+        self.g_emb = nn.Embedding(self.n_classes, self.n_classes)
+        self.g_mlp = nn.Sequential(*block(self.latent_dim + self.n_classes, 128, normalize=False), *block(128, 256),
+                                   *block(256, 512), *block(512, 1024), nn.Linear(1024, 784), nn.Tanh())
+        self.d_emb = nn.Embedding(self.n_classes, self.n_classes)
+        self.d_mlp = nn.Sequential(nn.Linear(784 + self.n_classes, 512), nn.LeakyReLU(0.2),
+                                   nn.Linear(512, 512), nn.Dropout(0.4), nn.LeakyReLU(0.2),
+                                   nn.Linear(512, 512), nn.Dropout(0.4), nn.LeakyReLU(0.2), nn.Linear(512, 1))
+        self.G = nn.ModuleList([self.g_emb, self.g_mlp])
+        self.D = nn.ModuleList([self.d_emb, self.d_mlp])
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.g_mlp(torch.cat([self.g_emb(y), z], -1)).view(len(z), 1, 28, 28)  # in [-1, 1]
+
+    def discriminate(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.d_mlp(torch.cat([img.flatten(1), self.d_emb(y)], -1))  # (B, 1), least-squares target 1 / 0
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> float:
+        assert y is not None, "the conditional GAN trains on labels"
+        real = (x - 0.5) / 0.5
+        valid, fake = torch.ones(len(x), 1), torch.zeros(len(x), 1)
+        self.opt_g.zero_grad()
+        gen_y = torch.randint(0, self.n_classes, (len(x),))
+        gen = self.generate(torch.randn(len(x), self.latent_dim), gen_y)
+        g_loss = F.mse_loss(self.discriminate(gen, gen_y), valid)
+        g_loss.backward()
+        self.opt_g.step()
+        self.opt_d.zero_grad()
+        d_loss = 0.5 * (F.mse_loss(self.discriminate(real, y), valid)
+                        + F.mse_loss(self.discriminate(gen.detach(), gen_y), fake))
+        d_loss.backward()
+        self.opt_d.step()
+        return g_loss.item()
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        assert y is not None and len(y) == n, "the conditional GAN samples given n labels"
+        self.G.train()  # as the reference's sample_image: batch statistics
+        out = [self.generate(torch.randn(len(y[i:i + 64]), self.latent_dim), y[i:i + 64]) for i in range(0, n, 64)]
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
     def nfe_per_sample(self) -> float:
@@ -919,7 +1002,7 @@ class MAF(Reference):
 
 
 REFERENCES: dict[str, Callable[..., Reference]] = {
-    "vae": ExamplesVAE, "dcgan": DCGAN, "ddpm": MinDDPM, "pixelcnn": PixelCNN, "flow-matching": OTCFM, "maf": MAF}
+    "vae": ExamplesVAE, "dcgan": DCGAN, "cgan": CGAN, "ddpm": MinDDPM, "pixelcnn": PixelCNN, "flow-matching": OTCFM, "maf": MAF}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -937,9 +1020,12 @@ def batches(n: int, batch_size: int, drop_last: bool) -> Iterator[torch.Tensor]:
 
 
 def train(ref: Reference, train_x: torch.Tensor, seconds: float | None, max_steps: int | None = None,
-          batch_size: int | None = None) -> dict[str, float]:
-    """Steps of ``ref`` on uint8 images ``train_x`` until ``seconds`` of step time (or ``max_steps``) are spent.
-    The clock runs only around a step; a step begun inside the budget is finished and counted."""
+          batch_size: int | None = None, train_y: torch.Tensor | None = None) -> dict[str, float]:
+    """Steps of ``ref`` on uint8 images ``train_x`` (and their labels ``train_y``, for a conditional reference)
+    until ``seconds`` of step time (or ``max_steps``) are spent. The clock runs only around a step; a step
+    begun inside the budget is finished and counted."""
+    if ref.conditional and train_y is None:
+        raise ValueError(f"{type(ref).__name__} is conditional: give train_y")
     if seconds is None and max_steps is None:
         raise ValueError("give a budget: seconds or max_steps")
     elapsed, steps, loss = 0.0, 0, math.nan
@@ -947,7 +1033,8 @@ def train(ref: Reference, train_x: torch.Tensor, seconds: float | None, max_step
     while (seconds is None or elapsed < seconds) and (max_steps is None or steps < max_steps):
         idx = next(stream)
         t0 = time.perf_counter()
-        loss = ref.train_step(train_x[idx].float() / 255)  # (B, 1, 28, 28) in [0, 1]
+        x = train_x[idx].float() / 255  # (B, 1, 28, 28) in [0, 1]
+        loss = ref.train_step(x, train_y[idx]) if ref.conditional else ref.train_step(x)
         elapsed += time.perf_counter() - t0
         steps += 1
     return {"steps": steps, "train_seconds": elapsed, "last_loss": loss}
@@ -971,13 +1058,18 @@ def quality_options() -> QualityOptions:
 def run_cell(name: str, ds: Dataset, seed: int, seconds: float, n_samples: int, opts: QualityOptions) -> dict[str, Any]:
     """Train reference ``name`` for ``seconds`` with ``seed``, sample, score; one per-seed record."""
     ref = build(name, seed)
-    rec: dict[str, Any] = {"seed": seed, **train(ref, ds.train_x, seconds)}
+    rec: dict[str, Any] = {"seed": seed, **train(ref, ds.train_x, seconds, train_y=ds.train_y)}
     t0 = time.perf_counter()
     ref.finish_training(ds.train_x)  # outside the training budget, like sampling
     rec["finish_seconds"] = time.perf_counter() - t0
     torch.manual_seed(seed + SAMPLE_SEED_OFFSET)
     t0 = time.perf_counter()
-    samples = ref.sample(n_samples)  # (N, 1, 28, 28) in [0, 1]
+    labels = None
+    if ref.conditional:  # as bench's conditional models are sampled and scored: labels from the class frequencies
+        labels = torch.multinomial(ds.class_frequencies(), n_samples, replacement=True)
+        samples = ref.sample(n_samples, labels)  # (N, 1, 28, 28) in [0, 1]
+    else:
+        samples = ref.sample(n_samples)
     rec["sample_seconds"] = time.perf_counter() - t0
     rec["n_samples"] = n_samples
     rec["nfe_per_sample"] = ref.nfe_per_sample()
@@ -986,6 +1078,9 @@ def run_cell(name: str, ds: Dataset, seed: int, seconds: float, n_samples: int, 
         raise RuntimeError(f"{name}: samples are not finite images in [0, 1] of shape (N, 1, 28, 28)")
     metrics = {m.name: m.value for m in evaluate_quality(to_uint8(samples), ds, opts, torch.device("cpu"))}
     rec.update({k: metrics.get(k) for k in WATCHED})
+    if labels is not None:  # bench's controllability evaluator on the same samples
+        logits = domain_extractor(ds, torch.device("cpu")).extract(to_uint8(samples), 500, torch.device("cpu"))["logits"]
+        rec["controllability"] = controllability(logits.argmax(dim=1), labels, ds.num_classes)[0]
     bpd = ref.bits_per_dim(ds.test_x[:LIKELIHOOD_EXAMPLES])
     if bpd is not None:
         rec["nll_bpd_exact"] = bpd

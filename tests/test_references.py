@@ -27,7 +27,7 @@ _spec.loader.exec_module(refs)
 # Per reference: constructor options and batch size for a tiny run. The DDPM's eps-model costs ~26 GFLOP per
 # image and call, so it trains on 2 images and samples through a 5-step schedule (the CLI always uses 1000).
 # The MAF keeps its 784 dimensions but gets 2 blocks of 64 hidden units (5 x 1024: 17M parameters).
-TINY = {"vae": ({}, 8), "dcgan": ({}, 8), "ddpm": ({"n_t": 5}, 2), "pixelcnn": ({}, 4), "flow-matching": ({}, 8),
+TINY = {"vae": ({}, 8), "dcgan": ({}, 8), "cgan": ({}, 8), "ddpm": ({"n_t": 5}, 2), "pixelcnn": ({}, 4), "flow-matching": ({}, 8),
         "maf": ({"blocks": 2, "hidden": 64}, 8)}
 # PixelCNN sampling is 784 network calls per image: 2 images; the others 4 (DCGAN: a partial BN batch of 4)
 N_SAMPLES = {"pixelcnn": 2}
@@ -48,12 +48,12 @@ def test_every_reference_has_a_tiny_setting():
 def test_reference_trains_and_samples_images_in_unit_range(name: str, mnist: Dataset):
     options, batch = TINY[name]
     ref = refs.build(name, seed=0, **options)
-    spent = refs.train(ref, mnist.train_x, seconds=None, max_steps=3, batch_size=batch)
+    spent = refs.train(ref, mnist.train_x, seconds=None, max_steps=3, batch_size=batch, train_y=mnist.train_y)
     assert spent["steps"] == 3 and spent["train_seconds"] > 0 and math.isfinite(spent["last_loss"])
     ref.finish_training(mnist.train_x)
     n = N_SAMPLES.get(name, 4)
     torch.manual_seed(1)
-    x = ref.sample(n)
+    x = ref.sample(n, torch.arange(n) % 10) if ref.conditional else ref.sample(n)
     assert x.shape == (n, 1, 28, 28) and x.dtype == torch.float32
     assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
     assert x.std() > 0  # not a constant image
@@ -63,6 +63,29 @@ def test_reference_trains_and_samples_images_in_unit_range(name: str, mnist: Dat
 def test_same_seed_same_weights():
     a, b = refs.build("dcgan", seed=3), refs.build("dcgan", seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.G.parameters(), b.G.parameters()))
+
+
+def test_cgan_is_conditioned_on_the_label_in_both_players(mnist: Dataset):
+    """The label enters G and D (Mirza & Osindero): the same z with another label is another image, and D's
+    verdict on one image changes with the label; training without labels is refused."""
+    ref = refs.build("cgan", seed=0)
+    with pytest.raises(ValueError, match="conditional: give train_y"):
+        refs.train(ref, mnist.train_x, seconds=None, max_steps=1)
+    z = torch.randn(2, ref.latent_dim)
+    ref.G.eval()
+    with torch.no_grad():
+        a, b = ref.generate(z, torch.tensor([0, 0])), ref.generate(z, torch.tensor([0, 7]))
+        assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+        ref.D.eval()
+        x = a[:1].expand(2, -1, -1, -1)
+        d = ref.discriminate(x, torch.tensor([3, 5]))
+        assert d[0] != d[1]
+    g_params = sum(p.numel() for p in ref.G.parameters())
+    d_params = sum(p.numel() for p in ref.D.parameters())
+    # the published MLPs at img_size 28: 110-128-256-512-1024-784 with BN(eps .8) on three, 794-512-512-512-1
+    assert g_params == 100 + (110 * 128 + 128) + (128 * 256 + 256 + 512) + (256 * 512 + 512 + 1024) \
+        + (512 * 1024 + 1024 + 2048) + (1024 * 784 + 784)
+    assert d_params == 100 + (794 * 512 + 512) + 2 * (512 * 512 + 512) + (512 + 1)
 
 
 def test_budget_in_seconds_counts_the_step_that_crosses_it(mnist: Dataset):
@@ -261,7 +284,7 @@ def test_summarise_gives_no_std_for_one_seed():
 
 
 def test_slow_samplers_get_fewer_samples_unless_told():
-    assert refs.samples_per_reference(2000, []) == {"vae": 2000, "dcgan": 2000, "ddpm": 10, "pixelcnn": 200,
+    assert refs.samples_per_reference(2000, []) == {"vae": 2000, "dcgan": 2000, "cgan": 2000, "ddpm": 10, "pixelcnn": 200,
                                                     "flow-matching": 2000, "maf": 2000}
     assert refs.samples_per_reference(50, ["ddpm=100"])["ddpm"] == 100
     assert refs.samples_per_reference(50, [])["pixelcnn"] == 50
