@@ -310,10 +310,17 @@ def _pid_titled(prefix: str, timeout: float = 180) -> int:
     raise AssertionError(f"no process {prefix!r} within {timeout} s")
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, children inherit that, and
+    # Python then never turns SIGINT into KeyboardInterrupt: under `.ci/run &` the Ctrl-C test's run ignored
+    # its Ctrl-C and finished with 0. A terminal's foreground job has the default disposition: restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _bench(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker processes through /proc")

@@ -39,6 +39,15 @@ non-saturating, lr_g 1.09e-3, lr_d 1.38e-4, z 39, width 16, minibatch std, batch
 protocol and machine (commit 45de26f). The reference's 128-channel 3x3 convolutions at full resolution
 train on about 7x fewer images per second (250 steps at batch 64 against 3,641 at batch 32), which at
 45 s decides the comparison.
+
+Conditional (``conditional: true``), the same way: the conditional GAN of eriklindernoren/PyTorch-GAN
+(``implementations/cgan/cgan.py`` at img_size 28: Mirza & Osindero's MLPs with a label embedding in G and D,
+least-squares losses, Adam 2e-4 (0.5, 0.999), batch 64; ``scripts/references.py --only cgan --threads 1``),
+45 s at one thread as ``suites/mnist-conditional.yaml``'s Ray cells get, idle, 3 seeds: 1,434 +- 79 steps,
+domain FID 754 +- 53, recall 0.00, 7.7 classes, controllability 0.18 +- 0.05. bench's conditional GAN as that
+suite ships it (tuned with the label: lr_g 1.37e-3, lr_d 1.19e-3, z 78, width 16, minibatch std, batch 32;
+``docs/tuning/mnist-conditional-gan-diffusion-fm-2026-12-01``), same protocol, one thread, 3 seeds: 2,054 +-
+88 steps, FID 133 +- 47, recall 0.49, all 10 classes, controllability 0.75 +- 0.03 (commit 49320f9).
 """
 from __future__ import annotations
 
