@@ -176,6 +176,12 @@ def _as_run(run: Run | str | Path) -> Run:
     return load_run(Path(run)) if isinstance(run, (str, os.PathLike)) else run
 
 
+def _split(config: dict[str, Any]) -> str:
+    """The split a run was scored on (eval.split; runs from before the option: the test split)."""
+    ev = config.get("eval")
+    return str(ev.get("split") or "test") if isinstance(ev, dict) else "test"
+
+
 # ----------------------------------------------------------------------------- comparing
 
 
@@ -393,10 +399,14 @@ def compare_runs(
     """
     b_name = str(baseline) if isinstance(baseline, (str, os.PathLike)) else "baseline"
     c_name = str(current) if isinstance(current, (str, os.PathLike)) else "current"
-    (_, b_recs), (c_cfg, c_recs) = _as_run(baseline), _as_run(current)
+    (b_cfg, b_recs), (c_cfg, c_recs) = _as_run(baseline), _as_run(current)
     if not b_recs:  # every model of current would be "new" and the check would pass whatever current holds
         raise BenchError(f"{b_name}: the baseline holds no cell records, so any run would pass against it; "
                          "compare with a run that finished cells")
+    b_split, c_split = _split(b_cfg), _split(c_cfg)
+    if b_split != c_split:  # the same metric names, measured against different images: no verdict means anything
+        raise BenchError(f"{b_name} was scored on the {b_split} split and {c_name} on the {c_split} split "
+                         "(eval.split); compare runs scored on the same split")
     opts = options if options is not None else options_from_config(c_cfg, c_name)
     b_models, c_models = _group(b_recs), _group(c_recs)
     rows: list[Row] = []

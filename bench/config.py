@@ -84,6 +84,9 @@ class EvalConfig(Checked):
     snapshot_every: int | None = Field(None, gt=0)  # cheap quality snapshot every N steps (stability); None = off
     snapshot_samples: int = Field(500, gt=0, le=MAX_SAMPLES)  # samples per snapshot
     explode_factor: float | None = Field(1e4, gt=1)  # a loss this many times its early scale counts as diverged
+    split: Literal["test", "validation"] = "test"  # scored against the test split, or against the dataset's
+    # validation part of the training split (dataset.validation: fraction/size/seed; the models train on the
+    # rest and the test split is not read): to confirm a tuning choice without the test split deciding it
 
     def options(self, name: str) -> EvaluatorOptions:
         """The validated options of evaluator ``name`` (its block, or its defaults)."""

@@ -530,10 +530,10 @@ def run_suite(
         # 3. data once, then every cell not yet on disk
         # evaluation always uses the whole dataset (the domain feature net is trained on the full train split);
         # train_subset only limits what the models train on
-        ds = load_dataset(cfg.dataset.name, cfg.dataset.options)
+        ds = load_dataset(cfg.dataset.name, cfg.dataset.options, split=cfg.eval.split)
         train_ds = ds
         if cfg.dataset.options.get("train_subset"):
-            ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None})
+            ds = load_dataset(cfg.dataset.name, {**cfg.dataset.options, "train_subset": None}, split=cfg.eval.split)
         check_labels(cfg, ds)
         if not quiet:
             print(describe_plan(cfg, cells, run_dir, device, len(train_ds.train_x)), flush=True)

@@ -55,7 +55,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
         from bench.data import load_dataset
 
         ds_cfg = dict(config["dataset"])
-        ds = load_dataset(ds_cfg.pop("name"), ds_cfg)
+        split = (config.get("eval") or {}).get("split") or "test"  # the points the run was scored against
+        ds = load_dataset(ds_cfg.pop("name"), ds_cfg, split=split)
         real = ds.test_x.numpy()
         if ds.mixture is not None:
             mixture = ds.mixture
