@@ -23,9 +23,15 @@ from pydantic import BaseModel, ValidationInfo, field_validator
 _NUMBER, _BOOL, _TEXT, _OTHER = "number", "bool", "text", "other"
 
 
-@lru_cache(maxsize=None)
 def _kinds(annotation: Any) -> frozenset[str]:
     """What kinds of scalar an annotation accepts; ``other`` for anything this module does not judge."""
+    try:
+        return _cached_kinds(annotation)
+    except TypeError:  # an annotation with unhashable metadata (Annotated[int, {...}]) is worked out each time
+        return _kinds_of(annotation)
+
+
+def _kinds_of(annotation: Any) -> frozenset[str]:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _kinds(get_args(annotation)[0])
@@ -45,6 +51,9 @@ def _kinds(annotation: Any) -> frozenset[str]:
     if origin in (list, tuple, set, frozenset):
         return frozenset({"sequence"})
     return frozenset({_OTHER})
+
+
+_cached_kinds = lru_cache(maxsize=None)(_kinds_of)
 
 
 def _items(annotation: Any, n: int) -> list[Any] | None:

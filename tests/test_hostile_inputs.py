@@ -517,3 +517,20 @@ def test_exponent_numbers_are_numbers(written, value):
 def test_whole_floats_still_count_for_integers():
     """Only guesses are refused: 10.0 steps is 10 steps (an existing suite may say so)."""
     assert parse_suite(HEAD.replace("steps: 5", "steps: 5.0") + MODEL, "s.yaml").budget.steps == 5
+
+
+def test_type_problem_judges_only_guesses():
+    """bench.schema.type_problem: the three guesses refused, everything pydantic words better passed on."""
+    from typing import Annotated, Literal
+
+    from bench.schema import type_problem
+
+    assert type_problem(True, int) == "expected a number, got the boolean true"
+    assert type_problem(True, Annotated[int, {"unhashable": []}]) == "expected a number, got the boolean true"
+    assert type_problem("64", int | None).startswith("expected a number, got the text '64'")
+    assert type_problem(1, bool) == "expected true or false, got the number 1"
+    assert type_problem([0.5, False], tuple[float, float]) == "item 1: expected a number, got the boolean false"
+    for value, annotation in [(True, bool), (1, int), (1, float), (10.0, int), ("many", int), ("inf", float),
+                              ("auto", Literal["auto", "cpu"]), (True, int | bool), ("x", str | int), ({}, dict),
+                              ([1, 2], tuple[int, int, int]), (None, int | None)]:
+        assert type_problem(value, annotation) is None, (value, annotation)
