@@ -191,6 +191,8 @@ def _cmd_tune(cfg, args: argparse.Namespace) -> int:
                          executor=_executor(cfg.executor, args.executor, args.address))
     if run_dir is not None:
         print(f"tuning report: {run_dir / 'tuning.html'}\ntuned suite: {run_dir / 'tuned-suite.yaml'}")
+        if (run_dir / "confirm-suite.yaml").is_file():
+            print(f"confirm the winners without the test split: python -m bench run {run_dir / 'confirm-suite.yaml'}")
     return 0
 
 

@@ -21,7 +21,9 @@ score over the search, not one hand-picked point. The protocol here:
 4. trials go round-robin over the models (trial k of every model before trial k + 1), so a run
    stopped early still gave every family the same number of trials;
 5. the run writes a tuning report (``bench.report.tuning``) and the suite again, with each model's
-   chosen settings filled in and a comment naming the run (``write_tuned_suite``).
+   chosen settings filled in and a comment naming the run (``write_tuned_suite``), and a confirmation
+   suite: each winner against the settings it replaces, fresh seeds, ``eval.split: validation``
+   (``write_confirm_suite``), to run before shipping a winner.
 
 A run directory, ``reports/<suite>/tuning/<run-id>/``::
 
@@ -31,9 +33,11 @@ A run directory, ``reports/<suite>/tuning/<run-id>/``::
     trials/<model>__t<k>.json     one per finished trial: parameters, state, objective, the cell record
     logs/ checkpoints/ samples/   per trial cell, as in a run
     tuning.json tuning.csv tuning.html   the report     tuned-suite.yaml   the suite with the winners
+    confirm-suite.yaml            winners vs the settings they replace, fresh seeds, on the validation split
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -565,6 +569,7 @@ def tune_suite(
     results = {p.model.name: store.load(p.model.name) for p in all_plans}
     write_tuning_report(run_dir, plan, results, tuning.trials)
     write_tuned_suite(suite_path, run_dir / "tuned-suite.yaml", run_dir, plan, results, tuning.trials)
+    write_confirm_suite(suite_path, run_dir / "confirm-suite.yaml", run_dir, plan, results)
     return run_dir
 
 
@@ -658,6 +663,57 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
         if settings != expected.get(name, before.get(name)):
             raise BenchError(f"cannot write {dest}: editing the suite's text would also change {name}'s settings "
                              f"(entries that share text through a YAML alias); {fix}")
+    atomic_write_text(dest, text)
+    return dest
+
+
+CONFIRM_SUFFIX = "-before"  # the confirmation suite's name for a model's settings before tuning
+
+
+def write_confirm_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[str, Any],
+                        results: dict[str, list[Trial]]) -> Path | None:
+    """A suite that checks each winner against the settings it replaces without the test split deciding.
+
+    Every model whose winner is not its own suite settings appears twice, with the winner under its name and
+    as the suite had it under ``<name>-before``, trained on fresh seeds (the tuning seed + 1 and + 2: the
+    trials trained on the tuning seed) and scored with ``eval.split: validation`` on the part the tuning held
+    out (``dataset.validation`` set to ``tuning.validation``); the test split is not read. A dozen trials can
+    crown a lucky one; two fresh seeds on the same held-out images say whether it stays ahead. None (nothing
+    written) when no winner differs from the suite, or when the result would not be a valid suite (a name
+    too long for the suffix).
+    """
+    raw = yaml_document(suite_path.read_text(), str(suite_path))[0]
+    direction, tuning = plan["direction"], plan["tuning"]
+    models: list[dict[str, Any]] = []
+    for entry in raw["models"]:
+        best = best_trial(results.get(entry["name"]) or [], direction)
+        if best is None or best.source == "defaults":
+            continue
+        chosen = chosen_settings(best, plan["models"][entry["name"]])
+        winner = copy.deepcopy({**entry, "options": {**(entry.get("options") or {}), **chosen.get("options", {})}})
+        if "batch_size" in chosen:
+            winner["batch_size"] = chosen["batch_size"]
+        if (winner["options"], winner.get("batch_size")) == (entry.get("options") or {}, entry.get("batch_size")):
+            continue  # the suite already holds the winner (it was filled in after the tuning): nothing to confirm
+        models += [winner, copy.deepcopy({**entry, "name": entry["name"] + CONFIRM_SUFFIX})]
+    if not models:
+        return None
+    seed = int(tuning["seed"])
+    dataset = raw["dataset"] if isinstance(raw["dataset"], dict) else {"name": raw["dataset"]}
+    confirm = {**raw, "name": f"{raw['name']}-confirm",
+               "description": f"tuning winners of {run_dir.name} against the settings they replace, on the validation split",
+               "seeds": [seed + 1, seed + 2] if seed + 2 < 2**63 else [seed - 1, seed - 2],
+               "dataset": {**dataset, "validation": {"fraction": tuning["validation"]["fraction"],
+                                                     "seed": tuning["validation"]["seed"]}},
+               "eval": {**(raw.get("eval") or {}), "split": "validation"}, "models": models}
+    text = (f"# Written by `bench tune` (run {run_dir}): each tuned model's winner (its own name) against the\n"
+            f"# settings it replaces (<name>{CONFIRM_SUFFIX}), fresh seeds, scored on the part of the training split the\n"
+            f"# tuning held out; the test split is not read. Relative paths are as in {suite_path}.\n"
+            + yaml.safe_dump(confirm, sort_keys=False, width=110, default_flow_style=None))
+    try:
+        parse_suite(text, str(dest))
+    except BenchError:
+        return None
     atomic_write_text(dest, text)
     return dest
 

@@ -14,8 +14,11 @@ from bench.config import load_suite, parse_suite
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.families import FAMILIES
+from bench.runner import run_suite
 from bench.space import BATCH_SIZE, Categorical, Float, ModelTuning, TuningConfig, model_space, space_problem
-from bench.tune import Study, Trial, TrialStore, best_trial, carve_validation, search, write_tuned_suite
+from bench.store import RunStore
+from bench.tune import (Study, Trial, TrialStore, best_trial, carve_validation, search, write_confirm_suite,
+                        write_tuned_suite)
 from conftest import run_cli
 
 # ------------------------------------------------------------------------------ the search itself
@@ -225,6 +228,15 @@ def test_tune_cli_end_to_end_and_resume(write_suite, tmp_path, capsys):
     assert tuned.models[0].options == {"pixel_model": "categorical"}
     text = (out / "tuned-suite.yaml").read_text()
     assert text.startswith(f"# Tuned by `bench tune` (run {out})") and "# gaussian by default" in text
+    # the confirmation suite: winner vs the settings it replaces, fresh seeds, scored on the held-out part
+    assert f"python -m bench run {out / 'confirm-suite.yaml'}" in r.stdout
+    confirm = load_suite(out / "confirm-suite.yaml")
+    assert [m.name for m in confirm.models] == ["nb", "nb-before"] and confirm.seeds == [1, 2]
+    assert confirm.models[0].options == {"pixel_model": "categorical"} and confirm.models[1].options == {}
+    assert confirm.eval.split == "validation" and confirm.dataset.options["validation"] == {"fraction": 0.1, "seed": 0}
+    confirmed = run_suite(confirm, out / "confirm-suite.yaml", out=tmp_path / "confirm", quiet=True)
+    bpd = {r.cell_id: r.value("nll_bpd_exact") for r in RunStore(confirmed).records()}
+    assert bpd["nb__seed1"] < bpd["nb-before__seed1"] and bpd["nb__seed2"] < bpd["nb-before__seed2"]  # it holds
 
     # resume: a deleted (= killed) trial is rerun, the finished ones are not touched
     mtimes = {p.name: p.stat().st_mtime_ns for p in trials}
@@ -391,3 +403,19 @@ def test_tuned_suite_refuses_edits_that_reach_other_entries(tmp_path, models_tex
     assert msg.startswith(f"cannot write {tmp_path / 'tuned.yaml'}: ") and "\n" not in msg
     assert "fill in the chosen settings by hand: a: options {'width': 8, 'lr': 0.002}, batch_size None" in msg
     assert not (tmp_path / "tuned.yaml").exists()
+
+
+def test_no_confirmation_suite_when_the_suite_settings_won(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ndataset: digits\nbudget: {steps: 5}\nmodels:\n  - {name: a, family: vae}\n")
+    plan = {"direction": "minimize", "tuning": {"sampler": "tpe", "seed": 0, "objective": "fid_domain",
+                                                  "validation": {"fraction": 0.1, "seed": 0}}, "models": {"a": {"batch_size": 128}}}
+    won = {"a": [Trial("a", "vae", 0, "defaults", {}, "ok", "fid_domain", 1.0),
+                 Trial("a", "vae", 1, "sampler", {"lr": 0.002}, "ok", "fid_domain", 9.0)]}
+    assert write_confirm_suite(suite, tmp_path / "c.yaml", tmp_path / "run", plan, won) is None
+    assert not (tmp_path / "c.yaml").exists()
+    lost = {"a": [Trial("a", "vae", 0, "defaults", {}, "ok", "fid_domain", 9.0),
+                  Trial("a", "vae", 1, "sampler", {"lr": 0.002}, "ok", "fid_domain", 1.0)]}
+    dest = write_confirm_suite(suite, tmp_path / "c.yaml", tmp_path / "run", plan, lost)
+    models = load_suite(dest).models
+    assert [(m.name, m.options) for m in models] == [("a", {"lr": 0.002}), ("a-before", {})]
