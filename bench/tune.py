@@ -592,6 +592,18 @@ def chosen_settings(t: Trial, p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def entry_winner(entry: dict[str, Any], results: dict[str, list[Trial]], plan: dict[str, Any]
+                 ) -> tuple[Trial, dict[str, Any], dict[str, Any], int | None] | None:
+    """For a suite's model entry (plain values): its best trial, the settings to write (``chosen_settings``), and
+    the options and batch size the entry has with them filled in; None for a model without a scored trial."""
+    best = best_trial(results.get(entry["name"]) or [], plan["direction"])
+    if best is None:
+        return None
+    chosen = chosen_settings(best, plan["models"][entry["name"]])
+    options = {**(entry.get("options") or {}), **chosen.get("options", {})}
+    return best, chosen, options, chosen.get("batch_size", entry.get("batch_size"))
+
+
 def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[str, Any],
                       results: dict[str, list[Trial]], n_trials: int) -> Path:
     """The suite file again, each tuned model's chosen settings filled in, comments kept, the run named.
@@ -601,7 +613,7 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
     ``batch_size:``; the entry's first line gets a comment with the winning trial, and a comment heads
     the file. The result is parsed back and checked against what was meant.
     """
-    text = suite_path.read_text()
+    text = original = suite_path.read_text()
     raw = yaml_document(text, str(suite_path))[0]  # the reader parse_suite uses: 1e-3 is a number there
     root = yaml.compose(text)
     items = next(v for k, v in root.value if k.value == "models").value  # the models: sequence's nodes
@@ -609,13 +621,11 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) in the original text
     expected: dict[str, tuple[dict[str, Any], int | None]] = {}
     for node, entry in zip(items, raw["models"]):
-        trials = results.get(entry["name"]) or []
-        best = best_trial(trials, direction)
-        if best is None:
+        won = entry_winner(entry, results, plan)
+        if won is None:
             continue
-        chosen = chosen_settings(best, plan["models"][entry["name"]])
-        options = {**(entry.get("options") or {}), **chosen.get("options", {})}
-        batch_size = chosen.get("batch_size", entry.get("batch_size"))
+        best, chosen, options, batch_size = won
+        trials = results[entry["name"]]
         expected[entry["name"]] = (options, batch_size)
         keys = {k.value: (k, v) for k, v in node.value}
         sep = ", " if node.flow_style else "\n" + " " * node.value[0][0].start_mark.column
@@ -653,7 +663,7 @@ def write_tuned_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[st
     # alias defeats editing by position (an edited value drops its anchor, or changes the entries aliasing it)
     fix = (f"the tuning itself is in {run_dir / 'tuning.json'}; fill in the chosen settings by hand: "
            + "; ".join(f"{n}: options {o}, batch_size {b}" for n, (o, b) in expected.items()))
-    before = {m.name: (m.options, m.batch_size) for m in parse_suite(suite_path.read_text(), str(suite_path)).models}
+    before = {m.name: (m.options, m.batch_size) for m in parse_suite(original, str(suite_path)).models}
     try:
         check = {m.name: (m.options, m.batch_size) for m in parse_suite(text, str(dest)).models}
     except BenchError as e:
@@ -683,19 +693,18 @@ def write_confirm_suite(suite_path: Path, dest: Path, run_dir: Path, plan: dict[
     too long for the suffix).
     """
     raw = yaml_document(suite_path.read_text(), str(suite_path))[0]
-    direction, tuning = plan["direction"], plan["tuning"]
+    tuning = plan["tuning"]
     models: list[dict[str, Any]] = []
     for entry in raw["models"]:
-        best = best_trial(results.get(entry["name"]) or [], direction)
-        if best is None or best.source == "defaults":
+        won = entry_winner(entry, results, plan)
+        if won is None or won[0].source == "defaults":
             continue
-        chosen = chosen_settings(best, plan["models"][entry["name"]])
-        winner = copy.deepcopy({**entry, "options": {**(entry.get("options") or {}), **chosen.get("options", {})}})
-        if "batch_size" in chosen:
-            winner["batch_size"] = chosen["batch_size"]
-        if (winner["options"], winner.get("batch_size")) == (entry.get("options") or {}, entry.get("batch_size")):
+        _, _, options, batch_size = won
+        if (options, batch_size) == (entry.get("options") or {}, entry.get("batch_size")):
             continue  # the suite already holds the winner (it was filled in after the tuning): nothing to confirm
-        models += [winner, copy.deepcopy({**entry, "name": entry["name"] + CONFIRM_SUFFIX})]
+        winner = {**entry, "options": options, **({"batch_size": batch_size} if batch_size is not None else {})}
+        # deep copies: entries sharing a dict would be dumped as YAML anchors and aliases
+        models += [copy.deepcopy(winner), copy.deepcopy({**entry, "name": entry["name"] + CONFIRM_SUFFIX})]
     if not models:
         return None
     seed = int(tuning["seed"])

@@ -1076,10 +1076,11 @@ def run_cell(name: str, ds: Dataset, seed: int, seconds: float, n_samples: int, 
     if not (samples.shape == (n_samples, 1, 28, 28) and torch.isfinite(samples).all()
             and samples.min() >= 0 and samples.max() <= 1):
         raise RuntimeError(f"{name}: samples are not finite images in [0, 1] of shape (N, 1, 28, 28)")
-    metrics = {m.name: m.value for m in evaluate_quality(to_uint8(samples), ds, opts, torch.device("cpu"))}
+    x8 = to_uint8(samples)  # 8 bits, as bench saves and scores samples
+    metrics = {m.name: m.value for m in evaluate_quality(x8, ds, opts, torch.device("cpu"))}
     rec.update({k: metrics.get(k) for k in WATCHED})
-    if labels is not None:  # bench's controllability evaluator on the same samples
-        logits = domain_extractor(ds, torch.device("cpu")).extract(to_uint8(samples), 500, torch.device("cpu"))["logits"]
+    if labels is not None:  # what bench's controllability evaluator computes, on the same samples
+        logits = domain_extractor(ds, torch.device("cpu")).extract(x8, 500, torch.device("cpu"))["logits"]
         rec["controllability"] = controllability(logits.argmax(dim=1), labels, ds.num_classes)[0]
     bpd = ref.bits_per_dim(ds.test_x[:LIKELIHOOD_EXAMPLES])
     if bpd is not None:
